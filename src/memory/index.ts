@@ -1,0 +1,2 @@
+export * from './guest-memory.ts';
+export * from './layout.ts';
