@@ -1,0 +1,72 @@
+/**
+ * `xenvmc host`: runs one host (Dom0 + its domains) until SIGINT/SIGTERM or /v1/shutdown.
+ * Prints one JSON ready line on stdout (what the demos and runners wait for) and its log on
+ * stderr.
+ */
+import { randomBytes } from 'node:crypto';
+import { realClock } from '../core/clock.ts';
+import { InputError } from '../core/errors.ts';
+import { formatBandwidth, parseBandwidth, parseBytes } from '../core/units.ts';
+import { startControlApi } from '../hypervisor/control-api.ts';
+import { Host } from '../hypervisor/host.ts';
+import { parseAddress } from '../hypervisor/peer-link.ts';
+
+export interface HostCommandOptions {
+  name: string;
+  listen: string;
+  control: string;
+  link: string;
+  memoryLimit?: string;
+}
+
+export async function runHost(options: HostCommandOptions): Promise<void> {
+  const clusterKeyText = process.env.XENVMC_CLUSTER_KEY;
+  if (!clusterKeyText || clusterKeyText.length < 16) {
+    throw new InputError(
+      'set XENVMC_CLUSTER_KEY (at least 16 characters, the same on every host of the cluster): hosts only accept migrations from hosts that prove they hold it',
+    );
+  }
+  const token = process.env.XENVMC_TOKEN ?? randomBytes(24).toString('hex');
+  const control = parseAddress(options.control, '--control');
+  const log = (line: string): void => {
+    process.stderr.write(`${new Date().toISOString()} [${options.name}] ${line}\n`);
+  };
+  const host = new Host(
+    { clock: realClock },
+    {
+      name: options.name,
+      linkListen: parseAddress(options.listen, '--listen'),
+      clusterKey: Buffer.from(clusterKeyText, 'utf8'),
+      linkBytesPerSec: parseBandwidth(options.link, '--link'),
+      memoryLimitBytes: options.memoryLimit ? parseBytes(options.memoryLimit, '--memory-limit') : undefined,
+      log,
+    },
+  );
+  const link = await host.listen();
+  let stopping = false;
+  const stop = async (): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    log('shutting down');
+    await api.app.close();
+    await host.close();
+    process.exit(0);
+  };
+  const api = await startControlApi(host, {
+    token,
+    host: control.host,
+    port: control.port,
+    onShutdown: () => void stop(),
+  });
+  process.on('SIGINT', () => void stop());
+  process.on('SIGTERM', () => void stop());
+  log(`link ${link.host}:${link.port} at ${formatBandwidth(host.linkBytesPerSec)}, control ${api.url}`);
+  const ready = {
+    event: 'ready',
+    name: options.name,
+    link: `${link.host}:${link.port}`,
+    control: api.url,
+    ...(process.env.XENVMC_TOKEN ? {} : { token }),
+  };
+  process.stdout.write(`${JSON.stringify(ready)}\n`);
+}

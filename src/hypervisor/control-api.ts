@@ -1,0 +1,165 @@
+/**
+ * The host's control API: HTTP/JSON for the CLI and the experiment runner, served by fastify
+ * (schema-validated bodies, so a bad request names its field). Every request needs the bearer
+ * token; the server binds to loopback unless told otherwise.
+ */
+import { timingSafeEqual } from 'node:crypto';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { isTestbedError } from '../core/errors.ts';
+import { parseBytes } from '../core/units.ts';
+import { REGION_NAMES } from '../memory/layout.ts';
+import type { Host } from './host.ts';
+
+const STATUS_BY_CODE: Record<string, number> = {
+  INPUT_INVALID: 400,
+  DOMAIN_UNKNOWN: 404,
+  DOMAIN_EXISTS: 409,
+  DOMAIN_STATE: 409,
+  HOST_NO_MEMORY: 507,
+};
+
+const programSchema = {
+  type: 'object',
+  required: ['kind'],
+  additionalProperties: false,
+  properties: {
+    kind: { type: 'string', minLength: 1, maxLength: 64 },
+    params: { type: 'object' },
+    dataPages: { type: 'integer', minimum: 1 },
+  },
+} as const;
+
+const createDomainSchema = {
+  type: 'object',
+  required: ['name', 'memory'],
+  additionalProperties: false,
+  properties: {
+    name: { type: 'string', minLength: 1, maxLength: 64 },
+    memory: { anyOf: [{ type: 'string', maxLength: 32 }, { type: 'integer', minimum: 1 }] },
+    ip: { anyOf: [{ type: 'string', format: 'ipv4' }, { type: 'null' }] },
+    tenant: { type: 'string', minLength: 1, maxLength: 64 },
+    programs: { type: 'array', maxItems: 16, items: programSchema },
+    regionPages: {
+      type: 'object',
+      additionalProperties: false,
+      properties: Object.fromEntries(REGION_NAMES.map((n) => [n, { type: 'integer', minimum: 1 }])),
+    },
+  },
+} as const;
+
+const migrateSchema = {
+  type: 'object',
+  required: ['to'],
+  additionalProperties: false,
+  properties: {
+    to: { type: 'string', minLength: 3, maxLength: 300 },
+    policy: { type: 'string', enum: ['paper', 'xen', 'qemu'] },
+    policyOptions: { type: 'object', additionalProperties: { type: 'number' } },
+  },
+} as const;
+
+export interface ControlApiInit {
+  token: string;
+  host: string;
+  port: number;
+  /** Called after /v1/shutdown has answered. */
+  onShutdown: () => void;
+}
+
+export async function startControlApi(host: Host, init: ControlApiInit): Promise<{ app: FastifyInstance; url: string }> {
+  const app = Fastify({ logger: false, bodyLimit: 1 << 20 });
+  const expected = Buffer.from(`Bearer ${init.token}`);
+
+  app.addHook('onRequest', async (request, reply) => {
+    const given = Buffer.from(request.headers.authorization ?? '');
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
+      return reply.code(401).send({
+        error: { code: 'UNAUTHORIZED', message: 'missing or wrong bearer token (see the host\'s ready line or XENVMC_TOKEN)' },
+      });
+    }
+  });
+
+  app.setErrorHandler((thrown, _request, reply) => {
+    const error = thrown as Error;
+    if (isTestbedError(error)) {
+      return reply.code(STATUS_BY_CODE[error.code] ?? 500).send({ error: error.toJSON() });
+    }
+    const validation = (error as { validation?: unknown }).validation;
+    if (validation) {
+      return reply.code(400).send({ error: { code: 'INPUT_INVALID', message: error.message } });
+    }
+    const status = (error as { statusCode?: number }).statusCode ?? 500;
+    return reply.code(status).send({ error: { code: status === 500 ? 'INTERNAL' : 'BAD_REQUEST', message: error.message } });
+  });
+
+  app.get('/v1/host', async () => ({
+    name: host.name,
+    link: host.linkAddress(),
+    linkBytesPerSec: host.linkBytesPerSec,
+    memoryUsedBytes: host.memoryUsedBytes(),
+    memoryLimitBytes: host.memoryLimit(),
+    domains: host.listDomains(),
+  }));
+
+  app.get('/v1/domains', async () => host.listDomains());
+
+  app.post('/v1/domains', { schema: { body: createDomainSchema } }, async (request, reply) => {
+    const body = request.body as {
+      name: string;
+      memory: string | number;
+      ip?: string | null;
+      tenant?: string;
+      programs?: { kind: string; params?: object; dataPages?: number }[];
+      regionPages?: Record<string, number>;
+    };
+    const memoryBytes = typeof body.memory === 'number' ? body.memory : parseBytes(body.memory, 'memory');
+    const summary = await host.createDomain({
+      name: body.name,
+      memoryBytes,
+      ip: body.ip ?? null,
+      tenant: body.tenant,
+      programs: (body.programs ?? []).map((p) => ({ kind: p.kind, params: p.params ?? {}, dataPages: p.dataPages })),
+      regionPages: body.regionPages,
+    });
+    return reply.code(201).send(summary);
+  });
+
+  app.get<{ Params: { name: string } }>('/v1/domains/:name', async (request) => {
+    const summary = host.summary(request.params.name);
+    const stats = summary.status === 'running' || summary.status === 'paused'
+      ? await host.domainStats(request.params.name)
+      : null;
+    return { ...summary, stats };
+  });
+
+  app.post<{ Params: { name: string } }>('/v1/domains/:name/pause', async (request) =>
+    host.pauseDomain(request.params.name),
+  );
+  app.post<{ Params: { name: string } }>('/v1/domains/:name/resume', async (request) =>
+    host.resumeDomain(request.params.name),
+  );
+  app.delete<{ Params: { name: string } }>('/v1/domains/:name', async (request, reply) => {
+    await host.destroyDomain(request.params.name);
+    return reply.code(204).send();
+  });
+
+  app.post<{ Params: { name: string } }>(
+    '/v1/domains/:name/migrate',
+    { schema: { body: migrateSchema } },
+    async (request, reply) => {
+      const body = request.body as { to: string; policy?: string; policyOptions?: Record<string, number> };
+      const record = host.startMigration(request.params.name, body.to, body);
+      return reply.code(202).send(record);
+    },
+  );
+
+  app.get<{ Params: { id: string } }>('/v1/migrations/:id', async (request) => host.migration(request.params.id));
+
+  app.post('/v1/shutdown', async (_request, reply) => {
+    reply.send({ ok: true });
+    setImmediate(init.onShutdown);
+  });
+
+  const url = await app.listen({ host: init.host, port: init.port });
+  return { app, url };
+}

@@ -1,0 +1,56 @@
+/**
+ * Messages between Dom0 (the host's main thread) and a domain's worker thread. Every request
+ * carries an id; the worker answers each with a reply of the same id, between two guest
+ * events, never in the middle of one.
+ */
+import type { ProgramSpec } from '../guest/kernel.ts';
+import type { SharedGuestMemory } from '../memory/guest-memory.ts';
+
+export interface DomainIdentity {
+  domId: number;
+  name: string;
+  ip: string | null;
+  tenant: string;
+}
+
+/**
+ * `boot`: a new domain runs its programs. `incoming`: the target of a migration starts the
+ * thread at reservation time, so that at the end only the GuestState has to be handed over
+ * (loading the guest kernel's code would otherwise add about a second to the downtime).
+ */
+export type DomainStart = { kind: 'boot'; programs: ProgramSpec[] } | { kind: 'incoming' };
+
+/** `workerData` of a domain thread. */
+export interface DomainThreadData {
+  identity: DomainIdentity;
+  memory: SharedGuestMemory;
+  start: DomainStart;
+}
+
+export type DomainRequest =
+  | { id: number; type: 'pause' }
+  | { id: number; type: 'resume' }
+  /** Answered between events: every write made before it was marked if log-dirty was on. */
+  | { id: number; type: 'sync' }
+  | { id: number; type: 'stats' }
+  /** Incoming domains only: rebuild from the migrated state and run. */
+  | { id: number; type: 'restore'; guestState: Uint8Array };
+
+export type DomainReply =
+  | { id: number; type: 'paused'; guestState: Uint8Array; guestStateBytes: number }
+  | { id: number; type: 'resumed' }
+  | { id: number; type: 'synced' }
+  | { id: number; type: 'stats'; guestTimeMs: number; programs: ProgramStatsRow[] }
+  | { id: number; type: 'failed'; code: string; message: string };
+
+export interface ProgramStatsRow {
+  programId: number;
+  kind: string;
+  stats: Record<string, unknown>;
+}
+
+/** Unsolicited messages from the guest. */
+export type DomainEvent =
+  | { type: 'ready' }
+  | { type: 'log'; message: string }
+  | { type: 'crashed'; code: string; message: string };

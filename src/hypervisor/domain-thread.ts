@@ -1,0 +1,86 @@
+/**
+ * The body of a domain's worker thread: assembles the guest kernel with the guest programs
+ * this build knows (the composition root of the guest side) and serves Dom0's requests.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { realClock } from '../core/clock.ts';
+import { describeError, isTestbedError } from '../core/errors.ts';
+import { decodeGuestState, encodeGuestState } from '../guest/guest-state.ts';
+import { GuestKernel } from '../guest/kernel.ts';
+import type { ProgramFactory } from '../guest/program.ts';
+import { GuestMemory } from '../memory/guest-memory.ts';
+import { dirtierFactory } from '../workloads/dirtier.ts';
+import type { DomainEvent, DomainReply, DomainRequest, DomainThreadData } from './domain-protocol.ts';
+
+const port = parentPort;
+if (!port) throw new Error('domain-thread must run in a worker thread');
+const data = workerData as DomainThreadData;
+const post = (message: DomainReply | DomainEvent): void => port.postMessage(message);
+
+const factories = new Map<string, ProgramFactory>([
+  [dirtierFactory.kind, dirtierFactory as ProgramFactory],
+]);
+
+const memory = GuestMemory.attach(data.memory);
+const kernel = new GuestKernel({
+  memory,
+  clock: realClock,
+  factories,
+  log: (message) => post({ type: 'log', message }),
+  onCrash: (error) =>
+    post({
+      type: 'crashed',
+      code: isTestbedError(error) ? error.code : 'GUEST_CRASHED',
+      message: describeError(error),
+    }),
+});
+
+port.on('message', (request: DomainRequest) => {
+  try {
+    switch (request.type) {
+      case 'pause': {
+        const guestState = encodeGuestState(kernel.pause());
+        post({ id: request.id, type: 'paused', guestState, guestStateBytes: guestState.byteLength });
+        break;
+      }
+      case 'resume':
+        kernel.resume();
+        post({ id: request.id, type: 'resumed' });
+        break;
+      case 'sync':
+        post({ id: request.id, type: 'synced' });
+        break;
+      case 'restore':
+        kernel.restore(decodeGuestState(request.guestState));
+        kernel.resume();
+        post({ id: request.id, type: 'resumed' });
+        break;
+      case 'stats':
+        post({
+          id: request.id,
+          type: 'stats',
+          guestTimeMs: kernel.guestNowMs(),
+          programs: kernel.programStats(),
+        });
+        break;
+    }
+  } catch (error) {
+    post({
+      id: request.id,
+      type: 'failed',
+      code: isTestbedError(error) ? error.code : 'GUEST_ERROR',
+      message: describeError(error),
+    });
+  }
+});
+
+try {
+  if (data.start.kind === 'boot') kernel.boot(data.start.programs);
+  post({ type: 'ready' });
+} catch (error) {
+  post({
+    type: 'crashed',
+    code: isTestbedError(error) ? error.code : 'GUEST_BOOT_FAILED',
+    message: describeError(error),
+  });
+}

@@ -1,0 +1,173 @@
+/**
+ * A guest domain as Dom0 sees it: its memory, its worker thread, and the request/reply channel
+ * to the guest kernel inside. Lifecycle: boot (fresh or restored from a migration) -> running
+ * <-> paused -> destroyed. A crashed guest program halts the domain, never the host.
+ */
+import { Worker } from 'node:worker_threads';
+import type { GuestMemory } from '../memory/guest-memory.ts';
+import type {
+  DomainEvent,
+  DomainIdentity,
+  DomainReply,
+  DomainRequest,
+  DomainStart,
+  DomainThreadData,
+  ProgramStatsRow,
+} from './domain-protocol.ts';
+import { HypervisorError } from './errors.ts';
+
+export type DomainStatus = 'running' | 'paused' | 'migrating' | 'crashed' | 'destroyed';
+
+/** How long a guest may take to answer Dom0 between two events. */
+const GUEST_REPLY_TIMEOUT_MS = 10_000;
+const ENTRY = new URL('./domain-entry.mjs', import.meta.url);
+
+type Pending = { resolve: (reply: DomainReply) => void; reject: (error: Error) => void };
+type RequestType = Exclude<DomainRequest['type'], 'restore'>;
+
+export class Domain {
+  readonly identity: DomainIdentity;
+  readonly memory: GuestMemory;
+  status: DomainStatus = 'running';
+  crash: { code: string; message: string } | null = null;
+  private readonly worker: Worker;
+  private readonly pending = new Map<number, Pending>();
+  private nextRequestId = 1;
+  private readonly log: (line: string) => void;
+
+  private constructor(identity: DomainIdentity, memory: GuestMemory, worker: Worker, log: (line: string) => void) {
+    this.identity = identity;
+    this.memory = memory;
+    this.worker = worker;
+    this.log = log;
+  }
+
+  /** Starts the domain's thread and resolves once the guest kernel runs its programs. */
+  static boot(
+    identity: DomainIdentity,
+    memory: GuestMemory,
+    start: DomainStart,
+    log: (line: string) => void,
+  ): Promise<Domain> {
+    const workerData: DomainThreadData = { identity, memory: memory.toShared(), start };
+    const worker = new Worker(ENTRY, { workerData, name: `dom${identity.domId}-${identity.name}` });
+    const domain = new Domain(identity, memory, worker, log);
+    return new Promise((resolve, reject) => {
+      let ready = false;
+      worker.on('message', (message: DomainReply | DomainEvent) => {
+        if (!('id' in message)) {
+          if (message.type === 'ready') {
+            ready = true;
+            resolve(domain);
+          } else if (message.type === 'crashed') {
+            domain.markCrashed(message.code, message.message);
+            if (!ready) {
+              void worker.terminate();
+              reject(new HypervisorError('DOMAIN_BOOT_FAILED', `domain ${identity.name} failed to boot: ${message.message}`));
+            }
+          } else if (message.type === 'log') {
+            log(`dom${identity.domId} ${identity.name}: ${message.message}`);
+          }
+          return;
+        }
+        const waiter = domain.pending.get(message.id);
+        domain.pending.delete(message.id);
+        waiter?.resolve(message);
+      });
+      worker.on('error', (error) => {
+        domain.markCrashed('DOMAIN_CRASHED', error.message);
+        if (!ready) reject(new HypervisorError('DOMAIN_BOOT_FAILED', `domain ${identity.name} thread failed: ${error.message}`, { cause: error }));
+      });
+      worker.on('exit', () => {
+        for (const waiter of domain.pending.values()) {
+          waiter.reject(new HypervisorError('DOMAIN_CRASHED', `domain ${identity.name} thread exited`));
+        }
+        domain.pending.clear();
+        if (!ready) reject(new HypervisorError('DOMAIN_BOOT_FAILED', `domain ${identity.name} thread exited during boot`));
+      });
+    });
+  }
+
+  /** Pauses between two events; returns the serialised GuestState. */
+  async pause(): Promise<{ guestState: Uint8Array; guestStateBytes: number }> {
+    const reply = await this.request('pause');
+    if (reply.type !== 'paused') throw this.unexpected(reply);
+    if (this.status === 'running') this.status = 'paused';
+    return { guestState: reply.guestState, guestStateBytes: reply.guestStateBytes };
+  }
+
+  async resume(): Promise<void> {
+    const reply = await this.request('resume');
+    if (reply.type !== 'resumed') throw this.unexpected(reply);
+    if (this.status === 'paused' || this.status === 'migrating') this.status = 'running';
+  }
+
+  /**
+   * Round trip to the guest, answered between two events. After it, every guest write made
+   * before the guest saw it is visible to Dom0, and every later write sees the current
+   * log-dirty switch (message passing orders both).
+   */
+  /** Incoming domains: hands over the migrated GuestState and runs the guest. */
+  async restore(guestState: Uint8Array): Promise<void> {
+    const reply = await this.request({ type: 'restore', guestState });
+    if (reply.type !== 'resumed') throw this.unexpected(reply);
+    this.status = 'running';
+  }
+
+  async sync(): Promise<void> {
+    const reply = await this.request('sync');
+    if (reply.type !== 'synced') throw this.unexpected(reply);
+  }
+
+  async stats(): Promise<{ guestTimeMs: number; programs: ProgramStatsRow[] }> {
+    const reply = await this.request('stats');
+    if (reply.type !== 'stats') throw this.unexpected(reply);
+    return { guestTimeMs: reply.guestTimeMs, programs: reply.programs };
+  }
+
+  async destroy(): Promise<void> {
+    this.status = 'destroyed';
+    await this.worker.terminate();
+  }
+
+  private markCrashed(code: string, message: string): void {
+    this.crash = { code, message };
+    if (this.status !== 'destroyed') this.status = 'crashed';
+    this.log(`dom${this.identity.domId} ${this.identity.name} crashed: ${message}`);
+  }
+
+  private request(what: RequestType | Omit<Extract<DomainRequest, { type: 'restore' }>, 'id'>): Promise<DomainReply> {
+    const body = typeof what === 'string' ? { type: what } : what;
+    const type = body.type;
+    if (this.status === 'destroyed' || this.status === 'crashed') {
+      return Promise.reject(
+        new HypervisorError('DOMAIN_STATE', `domain ${this.identity.name} is ${this.status}${this.crash ? ` (${this.crash.message})` : ''}`),
+      );
+    }
+    const id = this.nextRequestId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new HypervisorError('DOMAIN_TIMEOUT', `domain ${this.identity.name} did not answer '${type}' within ${GUEST_REPLY_TIMEOUT_MS} ms`));
+      }, GUEST_REPLY_TIMEOUT_MS);
+      this.pending.set(id, {
+        resolve: (reply) => {
+          clearTimeout(timer);
+          resolve(reply);
+        },
+        reject: (error) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      });
+      this.worker.postMessage({ id, ...body } as DomainRequest);
+    });
+  }
+
+  private unexpected(reply: DomainReply): Error {
+    if (reply.type === 'failed') {
+      return new HypervisorError('DOMAIN_STATE', `domain ${this.identity.name}: ${reply.message}`);
+    }
+    return new Error(`domain ${this.identity.name} answered ${reply.type} unexpectedly`);
+  }
+}

@@ -1,0 +1,275 @@
+/**
+ * The source side of a pre-copy migration: log-dirty on, round 1 sends every page, each later
+ * round sends the pages dirtied during the previous one, the stop policy decides when to
+ * pause, the final dirty pages and the GuestState follow, and the target's resumed notice ends
+ * it. A thin driver: the decisions are the policy's (pure), the bytes the codec's (pure).
+ *
+ * Failure before the resumed notice (target dead, link cut, refused reservation, a stream
+ * error reported by the target) leaves the domain running on the source: log-dirty off, the
+ * guest resumed if it was paused, the link closed so the target discards its partial copy.
+ */
+import { TestbedError } from '../core/errors.ts';
+import type { Clock } from '../core/clock.ts';
+import { PAGE_SIZE_BYTES } from '../core/units.ts';
+import type { GuestMemory } from '../memory/guest-memory.ts';
+import { emptyRegionCounts, type RegionCounts } from '../memory/layout.ts';
+import type { ControlReader } from '../hypervisor/peer-link.ts';
+import {
+  type DomainInfo,
+  encodeDomainInfo,
+  encodeEnd,
+  encodeGuestState,
+  encodeHeader,
+  encodePageBatch,
+} from './codec.ts';
+import { MigrationError } from './errors.ts';
+import { MAX_BATCH_PAGES } from './limits.ts';
+import { digestCrcTable, pageCrcTable } from './page-digest.ts';
+import type { StopPolicy } from './policy.ts';
+import type { MigrationProgress, MigrationStats, RoundPhase, RoundStats } from './stats.ts';
+
+/** The target pre-touches the whole memory before it answers: 3.6 s/GiB here, so be generous. */
+const RESERVE_TIMEOUT_MS = 120_000;
+/** From END sent to the resumed notice: the target boots the domain's thread. */
+const RESUME_TIMEOUT_MS = 30_000;
+
+/** What the sender needs of the domain being migrated. */
+export interface MigratingDomain {
+  readonly info: DomainInfo;
+  readonly memory: GuestMemory;
+  pause(): Promise<{ guestState: Uint8Array; guestStateBytes: number }>;
+  resume(): Promise<void>;
+  sync(): Promise<void>;
+}
+
+export interface SenderComponents {
+  clock: Clock;
+  /** Writes to the link through the host's egress shaper, honouring backpressure. */
+  send: (chunk: Uint8Array) => Promise<void>;
+  reader: ControlReader;
+  /** Closes the link (on failure, so the target discards its copy). */
+  close: () => void;
+}
+
+export interface SenderInit {
+  domain: MigratingDomain;
+  policy: StopPolicy;
+  sourceHost: string;
+  targetHost: string;
+  linkBytesPerSec: number | null;
+  onProgress?: (progress: MigrationProgress) => void;
+  /** Time already spent before the sender ran (connect, authenticate). */
+  setupStartedMs: number;
+  startedAt: string;
+}
+
+interface RoundResult {
+  pagesSent: number;
+  zeroPages: number;
+  bytesOnWire: number;
+  sentByRegion: RegionCounts;
+}
+
+export async function sendMigration(
+  components: SenderComponents,
+  init: SenderInit,
+): Promise<MigrationStats> {
+  const { clock, reader } = components;
+  const { domain, policy } = init;
+  const memory = domain.memory;
+  const vmemPages = memory.pageCount;
+  let paused = false;
+  let pagesSentTotal = 0;
+  let bytesOnWire = 0;
+  const rounds: RoundStats[] = [];
+  const progress = (p: Omit<MigrationProgress, 'elapsedMs' | 'pagesSentTotal' | 'bytesOnWire'>) =>
+    init.onProgress?.({
+      ...p,
+      pagesSentTotal,
+      bytesOnWire,
+      elapsedMs: clock.nowMs() - init.setupStartedMs,
+    });
+
+  const sendRound = async (round: number, phase: RoundPhase, pages: Uint32Array): Promise<RoundResult> => {
+    const result: RoundResult = { pagesSent: 0, zeroPages: 0, bytesOnWire: 0, sentByRegion: emptyRegionCounts() };
+    for (let first = 0; first < pages.length; first += MAX_BATCH_PAGES) {
+      const batch = pages.subarray(first, first + MAX_BATCH_PAGES);
+      const encoded = encodePageBatch(round, batch, memory.bytes);
+      await components.send(encoded.record);
+      result.pagesSent += batch.length;
+      result.zeroPages += encoded.zeroPages;
+      result.bytesOnWire += encoded.record.byteLength;
+      pagesSentTotal += batch.length;
+      bytesOnWire += encoded.record.byteLength;
+      progress({ phase, round, pagesInRound: pages.length, pagesSentInRound: result.pagesSent });
+    }
+    const byRegion = memory.countByRegion(pages);
+    result.sentByRegion = byRegion;
+    return result;
+  };
+
+  try {
+    // Setup: the target validates the domain info and reserves (and pre-touches) memory.
+    await components.send(encodeHeader());
+    await components.send(encodeDomainInfo(domain.info));
+    progress({ phase: 'setup', round: 0, pagesInRound: 0, pagesSentInRound: 0 });
+    const reservation = await reader.next(RESERVE_TIMEOUT_MS, 'reservation answer');
+    if (reservation.type !== 'reserved') throw fromTargetMessage(reservation, init.targetHost);
+    const setupTimeMs = clock.nowMs() - init.setupStartedMs;
+
+    // Log-dirty on, then a round trip with the guest so no write can slip past round 1.
+    memory.setLogDirty(true);
+    await domain.sync();
+    const migrationStartMs = clock.nowMs();
+
+    let round = 1;
+    let pages = allPages(vmemPages);
+    let stopReason = '';
+    for (;;) {
+      const roundStartMs = clock.nowMs();
+      const sent = await sendRound(round, 'precopy', pages);
+      const dirty = memory.peekAndClean();
+      const durationMs = clock.nowMs() - roundStartMs;
+      rounds.push(roundRow(round, 'precopy', sent, dirty.length, memory.countByRegion(dirty), durationMs));
+      const decision = policy.decide({
+        round,
+        pagesSentTotal,
+        dirtyPageCount: dirty.length,
+        vmemPages,
+        lastRoundPagesSent: sent.pagesSent,
+        lastRoundDurationMs: durationMs,
+      });
+      if (decision.kind === 'abort') {
+        throw new MigrationError('MIGRATION_ABORTED', `policy ${policy.name} aborted the migration: ${decision.reason}`);
+      }
+      pages = dirty;
+      if (decision.kind === 'stopAndCopy') {
+        stopReason = decision.reason;
+        break;
+      }
+      round++;
+    }
+
+    // Stop-and-copy: pause between two guest events, send what is left and the GuestState.
+    const pauseStartMs = clock.nowMs();
+    const { guestState, guestStateBytes } = await domain.pause();
+    paused = true;
+    const finalPages = mergeSorted(pages, memory.peekAndClean());
+    const finalStartMs = clock.nowMs();
+    const sent = await sendRound(round + 1, 'stopCopy', finalPages);
+    await components.send(encodeGuestState(guestState));
+    await components.send(encodeEnd());
+    bytesOnWire += guestStateBytes;
+    const resumed = await reader.next(RESUME_TIMEOUT_MS, 'resumed notice');
+    if (resumed.type !== 'resumed') throw fromTargetMessage(resumed, init.targetHost);
+    const endMs = clock.nowMs();
+    rounds.push(roundRow(round + 1, 'stopCopy', sent, 0, emptyRegionCounts(), endMs - finalStartMs));
+    memory.setLogDirty(false);
+
+    // The source copy is still paused and unchanged: compare it page by page with the target's.
+    progress({ phase: 'verify', round: round + 1, pagesInRound: 0, pagesSentInRound: 0 });
+    const memoryVerified = digestCrcTable(pageCrcTable(memory.bytes)) === resumed.pageCrcDigest;
+
+    const sentByRegion = emptyRegionCounts();
+    for (const row of rounds) {
+      for (const name of Object.keys(sentByRegion) as (keyof RegionCounts)[]) {
+        sentByRegion[name] += row.sentByRegion[name];
+      }
+    }
+    return {
+      domain: domain.info.name,
+      sourceHost: init.sourceHost,
+      targetHost: init.targetHost,
+      policy: policy.name,
+      stopReason,
+      linkBytesPerSec: init.linkBytesPerSec,
+      totalMigrationTimeMs: endMs - migrationStartMs,
+      setupTimeMs,
+      downtimeMs: endMs - pauseStartMs,
+      pagesSent: pagesSentTotal,
+      vmemPages,
+      overheadRatio: pagesSentTotal / vmemPages,
+      zeroPages: rounds.reduce((sum, row) => sum + row.zeroPages, 0),
+      bytesOnWire,
+      roundCount: rounds.length,
+      rounds,
+      sentByRegion,
+      guestStateBytes,
+      memoryVerified,
+      startedAt: init.startedAt,
+    };
+  } catch (error) {
+    // Roll back: the domain keeps running on the source, unharmed.
+    const reason = await explainFailure(error, reader, init.targetHost);
+    components.close();
+    memory.setLogDirty(false);
+    if (paused) await domain.resume();
+    throw reason;
+  }
+}
+
+/**
+ * A target that rejects the stream says why in a control message, then closes the link; the
+ * sender usually notices the closed link first. Prefer the target's reason when it sent one.
+ */
+async function explainFailure(error: unknown, reader: ControlReader, targetHost: string): Promise<Error> {
+  const told = await reader.next(100, 'failure reason').catch(() => null);
+  if (told && (told.type === 'failed' || told.type === 'refused')) {
+    return fromTargetMessage(told, targetHost);
+  }
+  if (error instanceof TestbedError) return error;
+  return new MigrationError('MIGRATION_LINK', `migration to ${targetHost} failed: ${(error as Error).message}`, {
+    cause: error,
+  });
+}
+
+function roundRow(
+  round: number,
+  phase: RoundPhase,
+  sent: RoundResult,
+  pagesDirtied: number,
+  dirtiedByRegion: RegionCounts,
+  durationMs: number,
+): RoundStats {
+  return {
+    round,
+    phase,
+    pagesSent: sent.pagesSent,
+    zeroPages: sent.zeroPages,
+    bytesOnWire: sent.bytesOnWire,
+    pagesDirtied,
+    durationMs,
+    rateBytesPerSec: durationMs > 0 ? (sent.bytesOnWire * 1000) / durationMs : 0,
+    sentByRegion: sent.sentByRegion,
+    dirtiedByRegion,
+  };
+}
+
+function allPages(pageCount: number): Uint32Array {
+  const pages = new Uint32Array(pageCount);
+  for (let i = 0; i < pageCount; i++) pages[i] = i;
+  return pages;
+}
+
+/** Union of two ascending page lists, ascending, without duplicates. */
+export function mergeSorted(a: Uint32Array, b: Uint32Array): Uint32Array {
+  const out = new Uint32Array(a.length + b.length);
+  let i = 0;
+  let j = 0;
+  let n = 0;
+  while (i < a.length || j < b.length) {
+    const x = i < a.length ? a[i]! : Number.POSITIVE_INFINITY;
+    const y = j < b.length ? b[j]! : Number.POSITIVE_INFINITY;
+    const next = Math.min(x, y);
+    if (x === next) i++;
+    if (y === next) j++;
+    out[n++] = next;
+  }
+  return out.subarray(0, n);
+}
+
+function fromTargetMessage(message: Record<string, unknown>, targetHost: string): MigrationError {
+  const reason = String(message.message ?? JSON.stringify(message));
+  const code = message.type === 'refused' ? 'MIGRATION_REFUSED' : 'MIGRATION_ABORTED';
+  return new MigrationError(code, `target host ${targetHost} ${message.type === 'refused' ? 'refused' : 'failed'} the migration: ${reason}`);
+}
