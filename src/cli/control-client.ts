@@ -50,7 +50,10 @@ export class ControlClient {
     try {
       parsed = text ? JSON.parse(text) : undefined;
     } catch {
-      throw new TestbedError('HOST_BAD_REPLY', `host answered ${response.status} with non-JSON: ${text.slice(0, 200)}`);
+      throw new TestbedError(
+        'HOST_BAD_REPLY',
+        `host answered ${response.status} with non-JSON: ${text.slice(0, 200)}`,
+      );
     }
     if (!response.ok) {
       const error = (parsed as { error?: { code?: string; message?: string } } | undefined)?.error;

@@ -5,7 +5,13 @@
  */
 import { sleepMs } from '../core/clock.ts';
 import { InputError } from '../core/errors.ts';
-import { PAGE_SIZE_BYTES, formatBandwidth, formatBytes, parseBandwidth, parseBytes } from '../core/units.ts';
+import {
+  formatBandwidth,
+  formatBytes,
+  PAGE_SIZE_BYTES,
+  parseBandwidth,
+  parseBytes,
+} from '../core/units.ts';
 import { LocalCluster } from '../experiments/local-cluster.ts';
 import type { DomainSummary } from '../hypervisor/host.ts';
 import type { MigrationStats } from '../migration/stats.ts';
@@ -40,16 +46,22 @@ export async function runDemoMigrate(options: DemoMigrateOptions): Promise<DemoM
   const memoryBytes = parseBytes(options.memory, '--memory');
   const dirtyRatePagesPerSec = Number(options.dirtyRate);
   if (!Number.isFinite(dirtyRatePagesPerSec) || dirtyRatePagesPerSec < 0) {
-    throw new InputError(`--dirty-rate '${options.dirtyRate}' must be a number of pages per second (0 for idle)`);
+    throw new InputError(
+      `--dirty-rate '${options.dirtyRate}' must be a number of pages per second (0 for idle)`,
+    );
   }
   const linkBytesPerSec = parseBandwidth(options.link, '--link');
   const warmupMs = parseDurationMs(options.warmup, '--warmup');
-  const workingSetPages = options.workingSet ? Math.floor(parseBytes(options.workingSet, '--working-set') / PAGE_SIZE_BYTES) : undefined;
+  const workingSetPages = options.workingSet
+    ? Math.floor(parseBytes(options.workingSet, '--working-set') / PAGE_SIZE_BYTES)
+    : undefined;
   const say = (line: string): void => {
     if (!options.quiet) process.stderr.write(`${line}\n`);
   };
 
-  say(`xenvmc demo migrate: ${formatBytes(memoryBytes)} domain, dirtier at ${dirtyRatePagesPerSec} pages/s (${options.pattern}), link ${formatBandwidth(linkBytesPerSec)}, policy ${options.policy}`);
+  say(
+    `xenvmc demo migrate: ${formatBytes(memoryBytes)} domain, dirtier at ${dirtyRatePagesPerSec} pages/s (${options.pattern}), link ${formatBandwidth(linkBytesPerSec)}, policy ${options.policy}`,
+  );
   say('starting hosts h1 and h2 on loopback...');
   const cluster = await LocalCluster.start({ hostNames: ['h1', 'h2'], link: options.link });
   try {
@@ -62,7 +74,12 @@ export async function runDemoMigrate(options: DemoMigrateOptions): Promise<DemoM
       programs: [
         {
           kind: 'dirtier',
-          params: { dirtyRatePagesPerSec, pattern: options.pattern, ...(workingSetPages ? { workingSetPages } : {}), seed: 1 },
+          params: {
+            dirtyRatePagesPerSec,
+            pattern: options.pattern,
+            ...(workingSetPages ? { workingSetPages } : {}),
+            seed: 1,
+          },
         },
       ],
     });
@@ -87,8 +104,8 @@ export async function runDemoMigrate(options: DemoMigrateOptions): Promise<DemoM
       domainGoneFromSource: onSource === null,
       notes: [
         'Hosts are two processes on this machine joined by TCP on loopback; the link is shaped in-process (token bucket) to the rate above.',
-        'Tmig runs from log-dirty on to the target\'s resumed notice; setup (connect, authenticate, reserve and pre-touch target memory) is reported apart.',
-        'Downtime is measured on the source\'s clock from the pause request to the target\'s resumed notice.',
+        "Tmig runs from log-dirty on to the target's resumed notice; setup (connect, authenticate, reserve and pre-touch target memory) is reported apart.",
+        "Downtime is measured on the source's clock from the pause request to the target's resumed notice.",
       ],
     };
   } finally {
@@ -107,7 +124,9 @@ export function printMigrationStats(stats: MigrationStats): void {
     ms(row.durationMs),
     `${formatBytes(row.rateBytesPerSec)}/s`,
   ]);
-  process.stdout.write(`${textTable(['round', 'phase', 'pages sent', 'zero', 'dirtied', 'ms', 'rate'], rows)}\n\n`);
+  process.stdout.write(
+    `${textTable(['round', 'phase', 'pages sent', 'zero', 'dirtied', 'ms', 'rate'], rows)}\n\n`,
+  );
   const summary: [string, string][] = [
     ['Tmig (total migration time)', `${ms(stats.totalMigrationTimeMs)} ms`],
     ['downtime', `${ms(stats.downtimeMs)} ms`],
@@ -119,7 +138,12 @@ export function printMigrationStats(stats: MigrationStats): void {
     ['bytes on the wire', formatBytes(stats.bytesOnWire)],
     ['guest state', `${stats.guestStateBytes} B`],
     ['policy', `${stats.policy}: ${stats.stopReason}`],
-    ['memory verified', stats.memoryVerified ? 'yes (every page\'s CRC-32 matches)' : 'NO: target memory differs from the source at the pause'],
+    [
+      'memory verified',
+      stats.memoryVerified
+        ? "yes (every page's CRC-32 matches)"
+        : 'NO: target memory differs from the source at the pause',
+    ],
   ];
   const width = Math.max(...summary.map(([k]) => k.length));
   for (const [key, value] of summary) process.stdout.write(`${key.padEnd(width)}  ${value}\n`);

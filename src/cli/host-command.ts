@@ -10,6 +10,7 @@ import { formatBandwidth, parseBandwidth, parseBytes } from '../core/units.ts';
 import { startControlApi } from '../hypervisor/control-api.ts';
 import { Host } from '../hypervisor/host.ts';
 import { parseAddress } from '../hypervisor/peer-link.ts';
+import { parseDurationMs } from './demo-migrate.ts';
 
 export interface HostCommandOptions {
   name: string;
@@ -17,6 +18,7 @@ export interface HostCommandOptions {
   control: string;
   link: string;
   memoryLimit?: string;
+  stallTimeout?: string;
 }
 
 export async function runHost(options: HostCommandOptions): Promise<void> {
@@ -38,7 +40,12 @@ export async function runHost(options: HostCommandOptions): Promise<void> {
       linkListen: parseAddress(options.listen, '--listen'),
       clusterKey: Buffer.from(clusterKeyText, 'utf8'),
       linkBytesPerSec: parseBandwidth(options.link, '--link'),
-      memoryLimitBytes: options.memoryLimit ? parseBytes(options.memoryLimit, '--memory-limit') : undefined,
+      memoryLimitBytes: options.memoryLimit
+        ? parseBytes(options.memoryLimit, '--memory-limit')
+        : undefined,
+      stallTimeoutMs: options.stallTimeout
+        ? parseDurationMs(options.stallTimeout, '--stall-timeout')
+        : undefined,
       log,
     },
   );
@@ -60,7 +67,9 @@ export async function runHost(options: HostCommandOptions): Promise<void> {
   });
   process.on('SIGINT', () => void stop());
   process.on('SIGTERM', () => void stop());
-  log(`link ${link.host}:${link.port} at ${formatBandwidth(host.linkBytesPerSec)}, control ${api.url}`);
+  log(
+    `link ${link.host}:${link.port} at ${formatBandwidth(host.linkBytesPerSec)}, control ${api.url}`,
+  );
   const ready = {
     event: 'ready',
     name: options.name,

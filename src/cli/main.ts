@@ -20,7 +20,9 @@ function client(options: { host?: string; token?: string }): ControlClient {
   const url = options.host ?? process.env.XENVMC_HOST;
   const token = options.token ?? process.env.XENVMC_TOKEN;
   if (!url || !token) {
-    throw new Error('say which host to talk to: --host URL --token TOKEN (or XENVMC_HOST and XENVMC_TOKEN), as printed in the host\'s ready line');
+    throw new Error(
+      "say which host to talk to: --host URL --token TOKEN (or XENVMC_HOST and XENVMC_TOKEN), as printed in the host's ready line",
+    );
   }
   return new ControlClient({ url, token });
 }
@@ -32,41 +34,71 @@ function printJson(value: unknown): void {
 const program = new Command();
 program
   .name('xenvmc')
-  .description('XENVMC and Advance-XENVMC testbed: Xen-like hosts, guest domains with real memory, pre-copy live migration over real TCP')
+  .description(
+    'XENVMC and Advance-XENVMC testbed: Xen-like hosts, guest domains with real memory, pre-copy live migration over real TCP',
+  )
   .showHelpAfterError();
 
 program
   .command('host')
   .description('run one host (Dom0 and its domains); needs XENVMC_CLUSTER_KEY in the environment')
   .requiredOption('--name <name>', 'host name')
-  .option('--listen <addr>', 'address other hosts reach this one at (migration streams)', '127.0.0.1:7001')
-  .option('--control <addr>', 'control API address (keep it on loopback unless you mean it)', '127.0.0.1:7101')
-  .option('--link <rate>', 'egress link rate towards other hosts, e.g. 1gbit, 100mbit, unlimited', '1gbit')
+  .option(
+    '--listen <addr>',
+    'address other hosts reach this one at (migration streams)',
+    '127.0.0.1:7001',
+  )
+  .option(
+    '--control <addr>',
+    'control API address (keep it on loopback unless you mean it)',
+    '127.0.0.1:7101',
+  )
+  .option(
+    '--link <rate>',
+    'egress link rate towards other hosts, e.g. 1gbit, 100mbit, unlimited',
+    '1gbit',
+  )
   .option('--memory-limit <size>', 'guest memory this host may hold (default 75% of RAM)')
+  .option(
+    '--stall-timeout <duration>',
+    'a migration link that moves no data this long has failed',
+    '30s',
+  )
   .action(async (options) => runHost(options));
 
 const controlOptions = (command: Command): Command =>
   command
-    .option('--host <url>', 'the host\'s control API URL (or XENVMC_HOST)')
-    .option('--token <token>', 'the host\'s control token (or XENVMC_TOKEN)')
+    .option('--host <url>', "the host's control API URL (or XENVMC_HOST)")
+    .option('--token <token>', "the host's control token (or XENVMC_TOKEN)")
     .option('--json', 'print JSON');
 
-const domain = program.command('domain').description('create, list, pause, resume and destroy domains on a host');
+const domain = program
+  .command('domain')
+  .description('create, list, pause, resume and destroy domains on a host');
 controlOptions(
   domain
     .command('create <name>')
     .description('create a domain')
     .requiredOption('--memory <size>', 'guest memory, e.g. 256MiB')
-    .option('--ip <ip>', 'the domain\'s IPv4 address inside the testbed')
+    .option('--ip <ip>', "the domain's IPv4 address inside the testbed")
     .option('--tenant <tenant>', 'tenant label', 'default')
     .option('--dirty-rate <pages>', 'run a dirtier at this many pages/s')
-    .option('--pattern <pattern>', 'dirtier access pattern: sequential, uniform, hotcold, zipf', 'uniform'),
+    .option(
+      '--pattern <pattern>',
+      'dirtier access pattern: sequential, uniform, hotcold, zipf',
+      'uniform',
+    ),
 ).action(async (name: string, options) => {
   jsonErrors = Boolean(options.json);
   const programs =
     options.dirtyRate === undefined
       ? []
-      : [{ kind: 'dirtier', params: { dirtyRatePagesPerSec: Number(options.dirtyRate), pattern: options.pattern } }];
+      : [
+          {
+            kind: 'dirtier',
+            params: { dirtyRatePagesPerSec: Number(options.dirtyRate), pattern: options.pattern },
+          },
+        ];
   const summary = await client(options).post<DomainSummary>('/v1/domains', {
     name,
     memory: parseBytes(options.memory, '--memory'),
@@ -75,36 +107,51 @@ controlOptions(
     programs,
   });
   if (options.json) printJson(summary);
-  else process.stdout.write(`created dom${summary.domId} ${summary.name} (${summary.pageCount} pages)\n`);
+  else
+    process.stdout.write(
+      `created dom${summary.domId} ${summary.name} (${summary.pageCount} pages)\n`,
+    );
 });
 controlOptions(domain.command('list').description('list domains')).action(async (options) => {
   jsonErrors = Boolean(options.json);
   const domains = await client(options).get<DomainSummary[]>('/v1/domains');
   if (options.json) return printJson(domains);
   const rows = domains.map((d) => [d.domId, d.name, d.ip ?? '-', d.tenant, d.status, d.pageCount]);
-  process.stdout.write(`${textTable(['domid', 'name', 'ip', 'tenant', 'status', 'pages'], rows)}\n`);
+  process.stdout.write(
+    `${textTable(['domid', 'name', 'ip', 'tenant', 'status', 'pages'], rows)}\n`,
+  );
 });
 for (const verb of ['pause', 'resume'] as const) {
-  controlOptions(domain.command(`${verb} <name>`).description(`${verb} a domain`)).action(async (name: string, options) => {
-    jsonErrors = Boolean(options.json);
-    const summary = await client(options).post<DomainSummary>(`/v1/domains/${encodeURIComponent(name)}/${verb}`);
-    if (options.json) printJson(summary);
-    else process.stdout.write(`${summary.name} is ${summary.status}\n`);
-  });
+  controlOptions(domain.command(`${verb} <name>`).description(`${verb} a domain`)).action(
+    async (name: string, options) => {
+      jsonErrors = Boolean(options.json);
+      const summary = await client(options).post<DomainSummary>(
+        `/v1/domains/${encodeURIComponent(name)}/${verb}`,
+      );
+      if (options.json) printJson(summary);
+      else process.stdout.write(`${summary.name} is ${summary.status}\n`);
+    },
+  );
 }
-controlOptions(domain.command('destroy <name>').description('destroy a domain')).action(async (name: string, options) => {
-  jsonErrors = Boolean(options.json);
-  await client(options).delete(`/v1/domains/${encodeURIComponent(name)}`);
-  if (options.json) printJson({ destroyed: name });
-  else process.stdout.write(`destroyed ${name}\n`);
-});
+controlOptions(domain.command('destroy <name>').description('destroy a domain')).action(
+  async (name: string, options) => {
+    jsonErrors = Boolean(options.json);
+    await client(options).delete(`/v1/domains/${encodeURIComponent(name)}`);
+    if (options.json) printJson({ destroyed: name });
+    else process.stdout.write(`destroyed ${name}\n`);
+  },
+);
 
 controlOptions(
   program
     .command('migrate <domain>')
     .description('live-migrate a domain (pre-copy) from the host given by --host to another host')
-    .requiredOption('--to <addr>', 'the target host\'s link address (host:port, its --listen)')
-    .addOption(new Option('--policy <policy>', 'stop policy').choices(['paper', 'xen', 'qemu']).default('paper')),
+    .requiredOption('--to <addr>', "the target host's link address (host:port, its --listen)")
+    .addOption(
+      new Option('--policy <policy>', 'stop policy')
+        .choices(['paper', 'xen', 'qemu'])
+        .default('paper'),
+    ),
 ).action(async (name: string, options) => {
   jsonErrors = Boolean(options.json);
   const stats = await followMigration(
@@ -120,27 +167,40 @@ controlOptions(
 const demo = program.command('demo').description('self-contained demonstrations on local hosts');
 demo
   .command('migrate')
-  .description('two hosts on loopback, a dirtier domain, one pre-copy live migration, verified and measured')
+  .description(
+    'two hosts on loopback, a dirtier domain, one pre-copy live migration, verified and measured',
+  )
   .option('--memory <size>', 'guest memory of the domain', '256MiB')
   .option('--dirty-rate <pages>', 'pages per second the dirtier writes (0 = idle)', '5000')
   .addOption(
-    new Option('--pattern <pattern>', 'dirtier access pattern').choices(['sequential', 'uniform', 'hotcold', 'zipf']).default('uniform'),
+    new Option('--pattern <pattern>', 'dirtier access pattern')
+      .choices(['sequential', 'uniform', 'hotcold', 'zipf'])
+      .default('uniform'),
   )
   .option('--working-set <size>', 'bytes of program memory the dirtier writes (default: all of it)')
   .option('--link <rate>', 'link rate between the hosts: 1gbit, 100mbit, unlimited, ...', '1gbit')
-  .addOption(new Option('--policy <policy>', 'stop policy').choices(['paper', 'xen', 'qemu']).default('paper'))
+  .addOption(
+    new Option('--policy <policy>', 'stop policy')
+      .choices(['paper', 'xen', 'qemu'])
+      .default('paper'),
+  )
   .option('--warmup <duration>', 'how long the dirtier runs before the migration starts', '1s')
   .option('--json', 'print the result as JSON on stdout')
   .option('--quiet', 'no progress on stderr')
   .action(async (options) => {
     jsonErrors = Boolean(options.json);
-    const result = await runDemoMigrate({ ...options, json: Boolean(options.json), quiet: Boolean(options.quiet) });
+    const result = await runDemoMigrate({
+      ...options,
+      json: Boolean(options.json),
+      quiet: Boolean(options.quiet),
+    });
     if (options.json) printJson(result);
     else {
       printMigrationStats(result);
       process.stdout.write(`\n${result.notes.map((n) => `note: ${n}`).join('\n')}\n`);
     }
-    if (!result.memoryVerified || !result.domainRunsOnTarget || !result.domainGoneFromSource) process.exitCode = 1;
+    if (!result.memoryVerified || !result.domainRunsOnTarget || !result.domainGoneFromSource)
+      process.exitCode = 1;
   });
 
 try {
@@ -148,7 +208,12 @@ try {
 } catch (error) {
   const message = describeError(error);
   if (jsonErrors) {
-    printJson({ error: { code: isTestbedError(error) ? error.code : 'ERROR', message: (error as Error).message ?? message } });
+    printJson({
+      error: {
+        code: isTestbedError(error) ? error.code : 'ERROR',
+        message: (error as Error).message ?? message,
+      },
+    });
   }
   process.stderr.write(`xenvmc: ${message}\n`);
   if (process.env.XENVMC_DEBUG) process.stderr.write(`${(error as Error).stack}\n`);

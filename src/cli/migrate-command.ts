@@ -2,12 +2,13 @@
  * `xenvmc migrate <domain> --to <host:port>`: asks the source host to migrate a domain and
  * follows it to the end, showing progress; prints the statistics (or JSON).
  */
-import { TestbedError } from '../core/errors.ts';
+
 import { sleepMs } from '../core/clock.ts';
+import { TestbedError } from '../core/errors.ts';
 import type { MigrationRecordView } from '../hypervisor/host.ts';
 import type { MigrationStats } from '../migration/stats.ts';
 import type { ControlClient } from './control-client.ts';
-import { MigrationProgressDisplay } from './progress.ts';
+import type { MigrationProgressDisplay } from './progress.ts';
 
 /** How often the CLI polls a running migration. */
 const POLL_INTERVAL_MS = 100;
@@ -18,7 +19,10 @@ export async function followMigration(
   request: { to: string; policy?: string },
   display: MigrationProgressDisplay,
 ): Promise<MigrationStats> {
-  let record = await source.post<MigrationRecordView>(`/v1/domains/${encodeURIComponent(domain)}/migrate`, request);
+  let record = await source.post<MigrationRecordView>(
+    `/v1/domains/${encodeURIComponent(domain)}/migrate`,
+    request,
+  );
   try {
     while (record.status === 'running') {
       await sleepMs(POLL_INTERVAL_MS);
@@ -29,7 +33,10 @@ export async function followMigration(
     display.stop();
   }
   if (record.status === 'failed' || !record.stats) {
-    throw new TestbedError(record.error?.code ?? 'MIGRATION_FAILED', record.error?.message ?? 'migration failed');
+    throw new TestbedError(
+      record.error?.code ?? 'MIGRATION_FAILED',
+      record.error?.message ?? 'migration failed',
+    );
   }
   return record.stats;
 }

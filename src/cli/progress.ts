@@ -20,7 +20,8 @@ export class MigrationProgressDisplay {
 
   update(progress: MigrationProgress): void {
     if (!this.enabled) return;
-    const rateBytesPerSec = progress.elapsedMs > 0 ? (progress.bytesOnWire * 1000) / progress.elapsedMs : 0;
+    const rateBytesPerSec =
+      progress.elapsedMs > 0 ? (progress.bytesOnWire * 1000) / progress.elapsedMs : 0;
     const payload = {
       round: progress.round,
       phase: progress.phase,
@@ -29,13 +30,16 @@ export class MigrationProgressDisplay {
     };
     if (!this.interactive) {
       if (progress.round !== this.lastRound || progress.phase !== this.lastPhase) {
-        process.stderr.write(`  ${progress.phase} round ${progress.round}: ${progress.pagesInRound} pages to send (${progress.pagesSentTotal} sent so far)\n`);
+        process.stderr.write(
+          `  ${progress.phase} round ${progress.round}: ${progress.pagesInRound} pages to send (${progress.pagesSentTotal} sent so far)\n`,
+        );
       }
     } else {
       if (!this.bar) {
         this.bar = new cliProgress.SingleBar(
           {
-            format: '  {phase} round {round} |{bar}| {value}/{total} pages | {rate} | {sent} pages sent',
+            format:
+              '  {phase} round {round} |{bar}| {value}/{total} pages | {rate} | {sent} pages sent',
             hideCursor: true,
             clearOnComplete: true,
             stream: process.stderr,

@@ -31,6 +31,10 @@ export interface LocalClusterInit {
   link?: string;
   /** Print host logs to this function as they come. */
   onLog?: (host: string, line: string) => void;
+  /** More `xenvmc host` flags per host name, e.g. `{ h2: ['--memory-limit', '16MiB'] }`. */
+  hostArgs?: Record<string, string[]>;
+  /** Every host's `--stall-timeout`. @default '30s' */
+  stallTimeout?: string;
 }
 
 export class LocalCluster {
@@ -46,7 +50,20 @@ export class LocalCluster {
     const started: LocalHost[] = [];
     try {
       for (const name of init.hostNames) {
-        started.push(await startHost(name, { clusterKey, token, link: init.link ?? '1gbit', onLog: init.onLog }));
+        const extra = [
+          ...(init.hostArgs?.[name] ?? []),
+          '--stall-timeout',
+          init.stallTimeout ?? '30s',
+        ];
+        started.push(
+          await startHost(name, {
+            clusterKey,
+            token,
+            link: init.link ?? '1gbit',
+            onLog: init.onLog,
+            extra,
+          }),
+        );
       }
     } catch (error) {
       await new LocalCluster(started).stop();
@@ -71,7 +88,8 @@ export class LocalCluster {
       this.hosts.map(
         (host) =>
           new Promise<void>((resolve) => {
-            if (host.process.exitCode !== null || host.process.signalCode !== null) return resolve();
+            if (host.process.exitCode !== null || host.process.signalCode !== null)
+              return resolve();
             const timer = setTimeout(() => host.process.kill('SIGKILL'), 3000);
             host.process.once('exit', () => {
               clearTimeout(timer);
@@ -86,11 +104,29 @@ export class LocalCluster {
 
 async function startHost(
   name: string,
-  init: { clusterKey: string; token: string; link: string; onLog?: (host: string, line: string) => void },
+  init: {
+    clusterKey: string;
+    token: string;
+    link: string;
+    extra: string[];
+    onLog?: (host: string, line: string) => void;
+  },
 ): Promise<LocalHost> {
   const child = spawn(
     process.execPath,
-    [BIN, 'host', '--name', name, '--listen', '127.0.0.1:0', '--control', '127.0.0.1:0', '--link', init.link],
+    [
+      BIN,
+      'host',
+      '--name',
+      name,
+      '--listen',
+      '127.0.0.1:0',
+      '--control',
+      '127.0.0.1:0',
+      '--link',
+      init.link,
+      ...init.extra,
+    ],
     {
       env: { ...process.env, XENVMC_CLUSTER_KEY: init.clusterKey, XENVMC_TOKEN: init.token },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -105,11 +141,21 @@ async function startHost(
   const ready = await new Promise<{ link: string; control: string }>((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      reject(new TestbedError('HOST_START_FAILED', `host ${name} did not start within ${HOST_START_TIMEOUT_MS} ms: ${log.slice(-5).join(' | ')}`));
+      reject(
+        new TestbedError(
+          'HOST_START_FAILED',
+          `host ${name} did not start within ${HOST_START_TIMEOUT_MS} ms: ${log.slice(-5).join(' | ')}`,
+        ),
+      );
     }, HOST_START_TIMEOUT_MS);
     child.once('exit', (code) => {
       clearTimeout(timer);
-      reject(new TestbedError('HOST_START_FAILED', `host ${name} exited with code ${code} before it was ready: ${log.slice(-5).join(' | ')}`));
+      reject(
+        new TestbedError(
+          'HOST_START_FAILED',
+          `host ${name} exited with code ${code} before it was ready: ${log.slice(-5).join(' | ')}`,
+        ),
+      );
     });
     createInterface({ input: child.stdout! }).on('line', (line) => {
       try {
@@ -123,5 +169,11 @@ async function startHost(
       }
     });
   });
-  return { name, link: ready.link, client: new ControlClient({ url: ready.control, token: init.token }), process: child, log };
+  return {
+    name,
+    link: ready.link,
+    client: new ControlClient({ url: ready.control, token: init.token }),
+    process: child,
+    log,
+  };
 }

@@ -178,7 +178,10 @@ export class GuestKernel {
     const factory = this.components.factories.get(kind);
     if (!factory) {
       const known = [...this.components.factories.keys()].join(', ');
-      throw new TestbedError('GUEST_UNKNOWN_PROGRAM', `no guest program '${kind}' (known: ${known})`);
+      throw new TestbedError(
+        'GUEST_UNKNOWN_PROGRAM',
+        `no guest program '${kind}' (known: ${known})`,
+      );
     }
     return factory;
   }

@@ -35,7 +35,12 @@ const createDomainSchema = {
   additionalProperties: false,
   properties: {
     name: { type: 'string', minLength: 1, maxLength: 64 },
-    memory: { anyOf: [{ type: 'string', maxLength: 32 }, { type: 'integer', minimum: 1 }] },
+    memory: {
+      anyOf: [
+        { type: 'string', maxLength: 32 },
+        { type: 'integer', minimum: 1 },
+      ],
+    },
     ip: { anyOf: [{ type: 'string', format: 'ipv4' }, { type: 'null' }] },
     tenant: { type: 'string', minLength: 1, maxLength: 64 },
     programs: { type: 'array', maxItems: 16, items: programSchema },
@@ -66,7 +71,10 @@ export interface ControlApiInit {
   onShutdown: () => void;
 }
 
-export async function startControlApi(host: Host, init: ControlApiInit): Promise<{ app: FastifyInstance; url: string }> {
+export async function startControlApi(
+  host: Host,
+  init: ControlApiInit,
+): Promise<{ app: FastifyInstance; url: string }> {
   const app = Fastify({ logger: false, bodyLimit: 1 << 20 });
   const expected = Buffer.from(`Bearer ${init.token}`);
 
@@ -74,7 +82,10 @@ export async function startControlApi(host: Host, init: ControlApiInit): Promise
     const given = Buffer.from(request.headers.authorization ?? '');
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
       return reply.code(401).send({
-        error: { code: 'UNAUTHORIZED', message: 'missing or wrong bearer token (see the host\'s ready line or XENVMC_TOKEN)' },
+        error: {
+          code: 'UNAUTHORIZED',
+          message: "missing or wrong bearer token (see the host's ready line or XENVMC_TOKEN)",
+        },
       });
     }
   });
@@ -89,7 +100,11 @@ export async function startControlApi(host: Host, init: ControlApiInit): Promise
       return reply.code(400).send({ error: { code: 'INPUT_INVALID', message: error.message } });
     }
     const status = (error as { statusCode?: number }).statusCode ?? 500;
-    return reply.code(status).send({ error: { code: status === 500 ? 'INTERNAL' : 'BAD_REQUEST', message: error.message } });
+    return reply
+      .code(status)
+      .send({
+        error: { code: status === 500 ? 'INTERNAL' : 'BAD_REQUEST', message: error.message },
+      });
   });
 
   app.get('/v1/host', async () => ({
@@ -112,13 +127,18 @@ export async function startControlApi(host: Host, init: ControlApiInit): Promise
       programs?: { kind: string; params?: object; dataPages?: number }[];
       regionPages?: Record<string, number>;
     };
-    const memoryBytes = typeof body.memory === 'number' ? body.memory : parseBytes(body.memory, 'memory');
+    const memoryBytes =
+      typeof body.memory === 'number' ? body.memory : parseBytes(body.memory, 'memory');
     const summary = await host.createDomain({
       name: body.name,
       memoryBytes,
       ip: body.ip ?? null,
       tenant: body.tenant,
-      programs: (body.programs ?? []).map((p) => ({ kind: p.kind, params: p.params ?? {}, dataPages: p.dataPages })),
+      programs: (body.programs ?? []).map((p) => ({
+        kind: p.kind,
+        params: p.params ?? {},
+        dataPages: p.dataPages,
+      })),
       regionPages: body.regionPages,
     });
     return reply.code(201).send(summary);
@@ -126,9 +146,10 @@ export async function startControlApi(host: Host, init: ControlApiInit): Promise
 
   app.get<{ Params: { name: string } }>('/v1/domains/:name', async (request) => {
     const summary = host.summary(request.params.name);
-    const stats = summary.status === 'running' || summary.status === 'paused'
-      ? await host.domainStats(request.params.name)
-      : null;
+    const stats =
+      summary.status === 'running' || summary.status === 'paused'
+        ? await host.domainStats(request.params.name)
+        : null;
     return { ...summary, stats };
   });
 
@@ -147,13 +168,19 @@ export async function startControlApi(host: Host, init: ControlApiInit): Promise
     '/v1/domains/:name/migrate',
     { schema: { body: migrateSchema } },
     async (request, reply) => {
-      const body = request.body as { to: string; policy?: string; policyOptions?: Record<string, number> };
+      const body = request.body as {
+        to: string;
+        policy?: string;
+        policyOptions?: Record<string, number>;
+      };
       const record = host.startMigration(request.params.name, body.to, body);
       return reply.code(202).send(record);
     },
   );
 
-  app.get<{ Params: { id: string } }>('/v1/migrations/:id', async (request) => host.migration(request.params.id));
+  app.get<{ Params: { id: string } }>('/v1/migrations/:id', async (request) =>
+    host.migration(request.params.id),
+  );
 
   app.post('/v1/shutdown', async (_request, reply) => {
     reply.send({ ok: true });

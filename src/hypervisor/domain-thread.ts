@@ -10,7 +10,12 @@ import { GuestKernel } from '../guest/kernel.ts';
 import type { ProgramFactory } from '../guest/program.ts';
 import { GuestMemory } from '../memory/guest-memory.ts';
 import { dirtierFactory } from '../workloads/dirtier.ts';
-import type { DomainEvent, DomainReply, DomainRequest, DomainThreadData } from './domain-protocol.ts';
+import type {
+  DomainEvent,
+  DomainReply,
+  DomainRequest,
+  DomainThreadData,
+} from './domain-protocol.ts';
 
 const port = parentPort;
 if (!port) throw new Error('domain-thread must run in a worker thread');
@@ -40,7 +45,12 @@ port.on('message', (request: DomainRequest) => {
     switch (request.type) {
       case 'pause': {
         const guestState = encodeGuestState(kernel.pause());
-        post({ id: request.id, type: 'paused', guestState, guestStateBytes: guestState.byteLength });
+        post({
+          id: request.id,
+          type: 'paused',
+          guestState,
+          guestStateBytes: guestState.byteLength,
+        });
         break;
       }
       case 'resume':

@@ -35,7 +35,12 @@ export class Domain {
   private nextRequestId = 1;
   private readonly log: (line: string) => void;
 
-  private constructor(identity: DomainIdentity, memory: GuestMemory, worker: Worker, log: (line: string) => void) {
+  private constructor(
+    identity: DomainIdentity,
+    memory: GuestMemory,
+    worker: Worker,
+    log: (line: string) => void,
+  ) {
     this.identity = identity;
     this.memory = memory;
     this.worker = worker;
@@ -63,7 +68,12 @@ export class Domain {
             domain.markCrashed(message.code, message.message);
             if (!ready) {
               void worker.terminate();
-              reject(new HypervisorError('DOMAIN_BOOT_FAILED', `domain ${identity.name} failed to boot: ${message.message}`));
+              reject(
+                new HypervisorError(
+                  'DOMAIN_BOOT_FAILED',
+                  `domain ${identity.name} failed to boot: ${message.message}`,
+                ),
+              );
             }
           } else if (message.type === 'log') {
             log(`dom${identity.domId} ${identity.name}: ${message.message}`);
@@ -76,14 +86,29 @@ export class Domain {
       });
       worker.on('error', (error) => {
         domain.markCrashed('DOMAIN_CRASHED', error.message);
-        if (!ready) reject(new HypervisorError('DOMAIN_BOOT_FAILED', `domain ${identity.name} thread failed: ${error.message}`, { cause: error }));
+        if (!ready)
+          reject(
+            new HypervisorError(
+              'DOMAIN_BOOT_FAILED',
+              `domain ${identity.name} thread failed: ${error.message}`,
+              { cause: error },
+            ),
+          );
       });
       worker.on('exit', () => {
         for (const waiter of domain.pending.values()) {
-          waiter.reject(new HypervisorError('DOMAIN_CRASHED', `domain ${identity.name} thread exited`));
+          waiter.reject(
+            new HypervisorError('DOMAIN_CRASHED', `domain ${identity.name} thread exited`),
+          );
         }
         domain.pending.clear();
-        if (!ready) reject(new HypervisorError('DOMAIN_BOOT_FAILED', `domain ${identity.name} thread exited during boot`));
+        if (!ready)
+          reject(
+            new HypervisorError(
+              'DOMAIN_BOOT_FAILED',
+              `domain ${identity.name} thread exited during boot`,
+            ),
+          );
       });
     });
   }
@@ -136,19 +161,29 @@ export class Domain {
     this.log(`dom${this.identity.domId} ${this.identity.name} crashed: ${message}`);
   }
 
-  private request(what: RequestType | Omit<Extract<DomainRequest, { type: 'restore' }>, 'id'>): Promise<DomainReply> {
+  private request(
+    what: RequestType | Omit<Extract<DomainRequest, { type: 'restore' }>, 'id'>,
+  ): Promise<DomainReply> {
     const body = typeof what === 'string' ? { type: what } : what;
     const type = body.type;
     if (this.status === 'destroyed' || this.status === 'crashed') {
       return Promise.reject(
-        new HypervisorError('DOMAIN_STATE', `domain ${this.identity.name} is ${this.status}${this.crash ? ` (${this.crash.message})` : ''}`),
+        new HypervisorError(
+          'DOMAIN_STATE',
+          `domain ${this.identity.name} is ${this.status}${this.crash ? ` (${this.crash.message})` : ''}`,
+        ),
       );
     }
     const id = this.nextRequestId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
-        reject(new HypervisorError('DOMAIN_TIMEOUT', `domain ${this.identity.name} did not answer '${type}' within ${GUEST_REPLY_TIMEOUT_MS} ms`));
+        reject(
+          new HypervisorError(
+            'DOMAIN_TIMEOUT',
+            `domain ${this.identity.name} did not answer '${type}' within ${GUEST_REPLY_TIMEOUT_MS} ms`,
+          ),
+        );
       }, GUEST_REPLY_TIMEOUT_MS);
       this.pending.set(id, {
         resolve: (reply) => {

@@ -11,13 +11,13 @@ import net from 'node:net';
 import os from 'node:os';
 import type { Clock } from '../core/clock.ts';
 import { describeError, InputError, isTestbedError } from '../core/errors.ts';
-import { PAGE_SIZE_BYTES, formatBytes } from '../core/units.ts';
+import { formatBytes, PAGE_SIZE_BYTES } from '../core/units.ts';
 import type { ProgramSpec } from '../guest/kernel.ts';
 import { GuestMemory } from '../memory/guest-memory.ts';
 import { defaultLayout, type MemoryLayout, type RegionName } from '../memory/layout.ts';
 import type { DomainInfo } from '../migration/codec.ts';
 import { policyByName } from '../migration/policy.ts';
-import { receiveMigration } from '../migration/receiver.ts';
+import { receiveMigration, STALL_TIMEOUT_MS } from '../migration/receiver.ts';
 import { sendMigration } from '../migration/sender.ts';
 import type { MigrationProgress, MigrationStats } from '../migration/stats.ts';
 import { EgressShaper } from '../net/shaper.ts';
@@ -35,6 +35,8 @@ export interface HostInit {
   linkBytesPerSec: number | null;
   /** Total guest memory this host may hold. @default 75 % of the machine's memory */
   memoryLimitBytes?: number;
+  /** A link that moves no migration data for this long has failed. @default 30 s */
+  stallTimeoutMs?: number;
   log?: (line: string) => void;
 }
 
@@ -135,13 +137,20 @@ export class Host {
 
   async createDomain(request: DomainCreateRequest): Promise<DomainSummary> {
     if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(request.name)) {
-      throw new InputError(`domain name '${request.name}' must be 1-64 letters, digits, '.', '_' or '-'`);
+      throw new InputError(
+        `domain name '${request.name}' must be 1-64 letters, digits, '.', '_' or '-'`,
+      );
     }
     if (this.domains.has(request.name) || this.incoming.has(request.name)) {
-      throw new HypervisorError('DOMAIN_EXISTS', `a domain named ${request.name} already exists on ${this.name}`);
+      throw new HypervisorError(
+        'DOMAIN_EXISTS',
+        `a domain named ${request.name} already exists on ${this.name}`,
+      );
     }
     if (request.memoryBytes % PAGE_SIZE_BYTES !== 0) {
-      throw new InputError(`domain memory ${request.memoryBytes} B is not a whole number of 4 KiB pages`);
+      throw new InputError(
+        `domain memory ${request.memoryBytes} B is not a whole number of 4 KiB pages`,
+      );
     }
     const layout = defaultLayout(request.memoryBytes / PAGE_SIZE_BYTES, request.regionPages);
     this.checkMemory(request.name, request.memoryBytes);
@@ -157,7 +166,9 @@ export class Host {
     const programs = request.programs ?? [];
     const domain = await Domain.boot(identity, memory, { kind: 'boot', programs }, this.log);
     this.domains.set(request.name, { domain, programs });
-    this.log(`created dom${identity.domId} ${request.name} (${formatBytes(request.memoryBytes)}, ${programs.map((p) => p.kind).join(', ') || 'no programs'})`);
+    this.log(
+      `created dom${identity.domId} ${request.name} (${formatBytes(request.memoryBytes)}, ${programs.map((p) => p.kind).join(', ') || 'no programs'})`,
+    );
     return this.summary(request.name);
   }
 
@@ -266,6 +277,7 @@ export class Host {
             send: (chunk) => this.shaper.send(link.socket, chunk, 'migration'),
             reader: link.reader,
             close: () => link.socket.destroy(),
+            stallTimeoutMs: this.init.stallTimeoutMs ?? STALL_TIMEOUT_MS,
           },
           {
             domain: {
@@ -317,26 +329,43 @@ export class Host {
           return;
         }
         const leftover = link.reader.release();
-        const result = await receiveMigration(socket, leftover, {
-          reserve: (info) => this.reserve(info),
-          activate: (info, guestState) => this.activate(info, guestState),
-          discard: (info) => this.discardIncoming(info),
-        });
-        this.log(`received ${result.info.name} from ${link.peerHost}: ${result.pagesReceived} pages, state ${result.guestStateBytes} B`);
+        const result = await receiveMigration(
+          socket,
+          leftover,
+          {
+            reserve: (info) => this.reserve(info),
+            activate: (info, guestState) => this.activate(info, guestState),
+            discard: (info) => this.discardIncoming(info),
+          },
+          { stallTimeoutMs: this.init.stallTimeoutMs },
+        );
+        this.log(
+          `received ${result.info.name} from ${link.peerHost}: ${result.pagesReceived} pages, state ${result.guestStateBytes} B`,
+        );
       })
       .catch((error: unknown) => {
-        this.log(`incoming link from ${socket.remoteAddress}:${socket.remotePort} failed: ${describeError(error)}`);
+        this.log(
+          `incoming link from ${socket.remoteAddress}:${socket.remotePort} failed: ${describeError(error)}`,
+        );
       });
   }
 
   private async reserve(info: DomainInfo): Promise<GuestMemory> {
     if (this.domains.has(info.name) || this.incoming.has(info.name)) {
-      throw new HypervisorError('DOMAIN_EXISTS', `host ${this.name} already has a domain named ${info.name}`);
+      throw new HypervisorError(
+        'DOMAIN_EXISTS',
+        `host ${this.name} already has a domain named ${info.name}`,
+      );
     }
     const bytes = info.pageCount * PAGE_SIZE_BYTES;
     this.checkMemory(info.name, bytes);
     const memory = GuestMemory.create(info.layout);
-    const identity: DomainIdentity = { domId: this.nextDomId++, name: info.name, ip: info.ip, tenant: info.tenant };
+    const identity: DomainIdentity = {
+      domId: this.nextDomId++,
+      name: info.name,
+      ip: info.ip,
+      tenant: info.tenant,
+    };
     const pending = Domain.boot(identity, memory, { kind: 'incoming' }, this.log);
     this.incoming.set(info.name, { bytes, domain: pending });
     memory.pretouch();
@@ -346,7 +375,11 @@ export class Host {
 
   private async activate(info: DomainInfo, guestState: Uint8Array): Promise<void> {
     const reservation = this.incoming.get(info.name);
-    if (!reservation) throw new HypervisorError('DOMAIN_UNKNOWN', `no reservation for ${info.name} on ${this.name}`);
+    if (!reservation)
+      throw new HypervisorError(
+        'DOMAIN_UNKNOWN',
+        `no reservation for ${info.name} on ${this.name}`,
+      );
     const domain = await reservation.domain;
     await domain.restore(guestState);
     this.incoming.delete(info.name);
@@ -374,7 +407,10 @@ export class Host {
     const entry = this.domains.get(name);
     if (!entry) {
       const known = [...this.domains.keys()].join(', ') || 'none';
-      throw new HypervisorError('DOMAIN_UNKNOWN', `no domain named ${name} on host ${this.name} (domains: ${known})`);
+      throw new HypervisorError(
+        'DOMAIN_UNKNOWN',
+        `no domain named ${name} on host ${this.name} (domains: ${known})`,
+      );
     }
     return entry;
   }

@@ -74,7 +74,9 @@ export class ControlReader {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiter = null;
-        reject(new LinkError('LINK_TIMEOUT', `no ${what} from the peer host within ${timeoutMs} ms`));
+        reject(
+          new LinkError('LINK_TIMEOUT', `no ${what} from the peer host within ${timeoutMs} ms`),
+        );
       }, timeoutMs);
       this.waiter = {
         resolve: (m) => {
@@ -104,7 +106,9 @@ export class ControlReader {
     while (this.buffered.length >= 4) {
       const length = this.buffered.readUInt32LE(0);
       if (length > MAX_CONTROL_MESSAGE_BYTES) {
-        this.fail(new LinkError('LINK_MALFORMED', `control message of ${length} B exceeds the limit`));
+        this.fail(
+          new LinkError('LINK_MALFORMED', `control message of ${length} B exceeds the limit`),
+        );
         this.socket.destroy();
         return;
       }
@@ -178,7 +182,12 @@ export async function connectToPeer(
   try {
     const clientNonce = randomBytes(16).toString('hex');
     socket.write(
-      encodeControlMessage({ hello: 'xenvmc', purpose: init.purpose, host: init.localHost, clientNonce }),
+      encodeControlMessage({
+        hello: 'xenvmc',
+        purpose: init.purpose,
+        host: init.localHost,
+        clientNonce,
+      }),
     );
     const challenge = await reader.next(HANDSHAKE_TIMEOUT_MS, 'handshake challenge');
     const serverNonce = String(challenge.serverNonce ?? '');
@@ -188,7 +197,9 @@ export async function connectToPeer(
         `host at ${address.host}:${address.port} did not prove it holds the cluster key; check that both hosts share the same key`,
       );
     }
-    socket.write(encodeControlMessage({ proof: proof(init.clusterKey, 'client', serverNonce, clientNonce) }));
+    socket.write(
+      encodeControlMessage({ proof: proof(init.clusterKey, 'client', serverNonce, clientNonce) }),
+    );
     const verdict = await reader.next(HANDSHAKE_TIMEOUT_MS, 'handshake verdict');
     if (verdict.ok !== true) {
       throw new LinkError(
@@ -246,7 +257,10 @@ export function parseAddress(text: string, what = 'address'): { host: string; po
   const match = /^\[?([^\]]+?)\]?:(\d{1,5})$/.exec(text.trim());
   const port = match ? Number(match[2]) : Number.NaN;
   if (!match || port > 65535) {
-    throw new TestbedError('INPUT_INVALID', `${what} '${text}' is not host:port (e.g. 127.0.0.1:7001)`);
+    throw new TestbedError(
+      'INPUT_INVALID',
+      `${what} '${text}' is not host:port (e.g. 127.0.0.1:7001)`,
+    );
   }
   return { host: match[1]!, port };
 }

@@ -8,17 +8,18 @@
  * Any error or a closed link before END discards the partial copy; the source keeps its
  * domain running. The target never resumes a domain from an incomplete or invalid stream.
  */
-import { crc32 } from 'node:zlib';
+
 import type net from 'node:net';
+import { crc32 } from 'node:zlib';
 import { describeError, isTestbedError } from '../core/errors.ts';
 import { PAGE_SIZE_BYTES } from '../core/units.ts';
-import type { GuestMemory } from '../memory/guest-memory.ts';
 import { encodeControlMessage } from '../hypervisor/peer-link.ts';
+import type { GuestMemory } from '../memory/guest-memory.ts';
 import { type DomainInfo, type MigrationRecord, StreamDecoder, ZERO_PAGE_CRC } from './codec.ts';
 import { MigrationError } from './errors.ts';
 import { digestCrcTable } from './page-digest.ts';
 
-/** A source that sends nothing for this long is taken for dead and its copy discarded. */
+/** A source that sends nothing for this long is taken for dead and its copy discarded (default). */
 export const STALL_TIMEOUT_MS = 30_000;
 
 export interface IncomingMigrationHost {
@@ -40,7 +41,9 @@ export async function receiveMigration(
   socket: net.Socket,
   leftover: Uint8Array,
   host: IncomingMigrationHost,
+  options: { stallTimeoutMs?: number } = {},
 ): Promise<ReceiveResult> {
+  const stallTimeoutMs = options.stallTimeoutMs ?? STALL_TIMEOUT_MS;
   const decoder = new StreamDecoder({ verifyPageChecksums: false });
   let info: DomainInfo | null = null;
   let memory: GuestMemory | null = null;
@@ -48,8 +51,10 @@ export async function receiveMigration(
   let guestState: Uint8Array | null = null;
   let pagesReceived = 0;
   let done = false;
-  socket.setTimeout(STALL_TIMEOUT_MS, () =>
-    socket.destroy(new MigrationError('MIGRATION_TIMEOUT', `source sent nothing for ${STALL_TIMEOUT_MS} ms`)),
+  socket.setTimeout(stallTimeoutMs, () =>
+    socket.destroy(
+      new MigrationError('MIGRATION_TIMEOUT', `source sent nothing for ${stallTimeoutMs} ms`),
+    ),
   );
 
   const applyBatch = (record: Extract<MigrationRecord, { type: 'pageBatch' }>): void => {
@@ -68,7 +73,10 @@ export async function receiveMigration(
       // target half of the memory verification.
       const landed = crc32(target.page(page));
       if (landed !== record.pageCrcs[i]) {
-        throw new MigrationError('STREAM_CHECKSUM', `page ${page} of round ${record.round} failed its CRC-32 check`);
+        throw new MigrationError(
+          'STREAM_CHECKSUM',
+          `page ${page} of round ${record.round} failed its CRC-32 check`,
+        );
       }
       crcTable![page] = landed;
     }
@@ -84,7 +92,13 @@ export async function receiveMigration(
         try {
           memory = await host.reserve(info);
         } catch (error) {
-          socket.end(encodeControlMessage({ type: 'refused', code: codeOf(error), message: describeError(error) }));
+          socket.end(
+            encodeControlMessage({
+              type: 'refused',
+              code: codeOf(error),
+              message: describeError(error),
+            }),
+          );
           throw error;
         }
         crcTable = new Uint32Array(info.pageCount);
@@ -102,7 +116,9 @@ export async function receiveMigration(
         done = true;
         // Wait until the notice is handed to the kernel: leaving the read loop destroys the socket.
         await new Promise<void>((resolve) =>
-          socket.end(encodeControlMessage({ type: 'resumed', pageCrcDigest: digest }), () => resolve()),
+          socket.end(encodeControlMessage({ type: 'resumed', pageCrcDigest: digest }), () =>
+            resolve(),
+          ),
         );
         return;
       }
@@ -111,18 +127,37 @@ export async function receiveMigration(
 
   try {
     if (leftover.byteLength > 0) for (const record of decoder.push(leftover)) await handle(record);
-    for await (const chunk of socket) {
-      for (const record of decoder.push(chunk as Uint8Array)) await handle(record);
-      if (done) break;
+    // A manual loop, not for-await: leaving a for-await by a throw destroys the socket before
+    // we could tell the source why we reject its stream.
+    const chunks = socket[Symbol.asyncIterator]();
+    while (!done) {
+      const next = await chunks.next();
+      if (next.done) break;
+      for (const record of decoder.push(next.value as Uint8Array)) await handle(record);
     }
+    if (done) socket.destroy();
     if (!done) decoder.finish();
-    if (!done) throw new MigrationError('STREAM_TRUNCATED', 'the source closed the link before the end record');
+    if (!done)
+      throw new MigrationError(
+        'STREAM_TRUNCATED',
+        'the source closed the link before the end record',
+      );
     socket.setTimeout(0);
-    return { info: info!, pagesReceived, guestStateBytes: (guestState as Uint8Array | null)?.byteLength ?? 0 };
+    return {
+      info: info!,
+      pagesReceived,
+      guestStateBytes: (guestState as Uint8Array | null)?.byteLength ?? 0,
+    };
   } catch (error) {
     host.discard(info);
     if (!socket.destroyed && socket.writable) {
-      socket.end(encodeControlMessage({ type: 'failed', code: codeOf(error), message: describeError(error) }));
+      socket.end(
+        encodeControlMessage({
+          type: 'failed',
+          code: codeOf(error),
+          message: describeError(error),
+        }),
+      );
     }
     setTimeout(() => socket.destroy(), 1000).unref();
     throw error;

@@ -8,12 +8,12 @@
  * error reported by the target) leaves the domain running on the source: log-dirty off, the
  * guest resumed if it was paused, the link closed so the target discards its partial copy.
  */
-import { TestbedError } from '../core/errors.ts';
+
 import type { Clock } from '../core/clock.ts';
-import { PAGE_SIZE_BYTES } from '../core/units.ts';
+import { TestbedError } from '../core/errors.ts';
+import type { ControlReader } from '../hypervisor/peer-link.ts';
 import type { GuestMemory } from '../memory/guest-memory.ts';
 import { emptyRegionCounts, type RegionCounts } from '../memory/layout.ts';
-import type { ControlReader } from '../hypervisor/peer-link.ts';
 import {
   type DomainInfo,
   encodeDomainInfo,
@@ -46,6 +46,8 @@ export interface SenderComponents {
   clock: Clock;
   /** Writes to the link through the host's egress shaper, honouring backpressure. */
   send: (chunk: Uint8Array) => Promise<void>;
+  /** A write that does not complete in this time means the link stalled: abort. */
+  stallTimeoutMs: number;
   reader: ControlReader;
   /** Closes the link (on failure, so the target discards its copy). */
   close: () => void;
@@ -75,6 +77,8 @@ export async function sendMigration(
   init: SenderInit,
 ): Promise<MigrationStats> {
   const { clock, reader } = components;
+  const send = (chunk: Uint8Array): Promise<void> =>
+    withStallTimeout(components.send(chunk), components.stallTimeoutMs);
   const { domain, policy } = init;
   const memory = domain.memory;
   const vmemPages = memory.pageCount;
@@ -90,12 +94,21 @@ export async function sendMigration(
       elapsedMs: clock.nowMs() - init.setupStartedMs,
     });
 
-  const sendRound = async (round: number, phase: RoundPhase, pages: Uint32Array): Promise<RoundResult> => {
-    const result: RoundResult = { pagesSent: 0, zeroPages: 0, bytesOnWire: 0, sentByRegion: emptyRegionCounts() };
+  const sendRound = async (
+    round: number,
+    phase: RoundPhase,
+    pages: Uint32Array,
+  ): Promise<RoundResult> => {
+    const result: RoundResult = {
+      pagesSent: 0,
+      zeroPages: 0,
+      bytesOnWire: 0,
+      sentByRegion: emptyRegionCounts(),
+    };
     for (let first = 0; first < pages.length; first += MAX_BATCH_PAGES) {
       const batch = pages.subarray(first, first + MAX_BATCH_PAGES);
       const encoded = encodePageBatch(round, batch, memory.bytes);
-      await components.send(encoded.record);
+      await send(encoded.record);
       result.pagesSent += batch.length;
       result.zeroPages += encoded.zeroPages;
       result.bytesOnWire += encoded.record.byteLength;
@@ -110,8 +123,8 @@ export async function sendMigration(
 
   try {
     // Setup: the target validates the domain info and reserves (and pre-touches) memory.
-    await components.send(encodeHeader());
-    await components.send(encodeDomainInfo(domain.info));
+    await send(encodeHeader());
+    await send(encodeDomainInfo(domain.info));
     progress({ phase: 'setup', round: 0, pagesInRound: 0, pagesSentInRound: 0 });
     const reservation = await reader.next(RESERVE_TIMEOUT_MS, 'reservation answer');
     if (reservation.type !== 'reserved') throw fromTargetMessage(reservation, init.targetHost);
@@ -130,7 +143,9 @@ export async function sendMigration(
       const sent = await sendRound(round, 'precopy', pages);
       const dirty = memory.peekAndClean();
       const durationMs = clock.nowMs() - roundStartMs;
-      rounds.push(roundRow(round, 'precopy', sent, dirty.length, memory.countByRegion(dirty), durationMs));
+      rounds.push(
+        roundRow(round, 'precopy', sent, dirty.length, memory.countByRegion(dirty), durationMs),
+      );
       const decision = policy.decide({
         round,
         pagesSentTotal,
@@ -140,7 +155,10 @@ export async function sendMigration(
         lastRoundDurationMs: durationMs,
       });
       if (decision.kind === 'abort') {
-        throw new MigrationError('MIGRATION_ABORTED', `policy ${policy.name} aborted the migration: ${decision.reason}`);
+        throw new MigrationError(
+          'MIGRATION_ABORTED',
+          `policy ${policy.name} aborted the migration: ${decision.reason}`,
+        );
       }
       pages = dirty;
       if (decision.kind === 'stopAndCopy') {
@@ -157,13 +175,15 @@ export async function sendMigration(
     const finalPages = mergeSorted(pages, memory.peekAndClean());
     const finalStartMs = clock.nowMs();
     const sent = await sendRound(round + 1, 'stopCopy', finalPages);
-    await components.send(encodeGuestState(guestState));
-    await components.send(encodeEnd());
+    await send(encodeGuestState(guestState));
+    await send(encodeEnd());
     bytesOnWire += guestStateBytes;
     const resumed = await reader.next(RESUME_TIMEOUT_MS, 'resumed notice');
     if (resumed.type !== 'resumed') throw fromTargetMessage(resumed, init.targetHost);
     const endMs = clock.nowMs();
-    rounds.push(roundRow(round + 1, 'stopCopy', sent, 0, emptyRegionCounts(), endMs - finalStartMs));
+    rounds.push(
+      roundRow(round + 1, 'stopCopy', sent, 0, emptyRegionCounts(), endMs - finalStartMs),
+    );
     memory.setLogDirty(false);
 
     // The source copy is still paused and unchanged: compare it page by page with the target's.
@@ -212,15 +232,40 @@ export async function sendMigration(
  * A target that rejects the stream says why in a control message, then closes the link; the
  * sender usually notices the closed link first. Prefer the target's reason when it sent one.
  */
-async function explainFailure(error: unknown, reader: ControlReader, targetHost: string): Promise<Error> {
+async function explainFailure(
+  error: unknown,
+  reader: ControlReader,
+  targetHost: string,
+): Promise<Error> {
   const told = await reader.next(100, 'failure reason').catch(() => null);
   if (told && (told.type === 'failed' || told.type === 'refused')) {
     return fromTargetMessage(told, targetHost);
   }
   if (error instanceof TestbedError) return error;
-  return new MigrationError('MIGRATION_LINK', `migration to ${targetHost} failed: ${(error as Error).message}`, {
-    cause: error,
+  return new MigrationError(
+    'MIGRATION_LINK',
+    `migration to ${targetHost} failed: ${(error as Error).message}`,
+    {
+      cause: error,
+    },
+  );
+}
+
+function withStallTimeout(write: Promise<void>, stallTimeoutMs: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const stalled = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(
+          new MigrationError(
+            'MIGRATION_TIMEOUT',
+            `the link to the target accepted no data for ${stallTimeoutMs} ms`,
+          ),
+        ),
+      stallTimeoutMs,
+    );
   });
+  return Promise.race([write, stalled]).finally(() => clearTimeout(timer));
 }
 
 function roundRow(
@@ -271,5 +316,8 @@ export function mergeSorted(a: Uint32Array, b: Uint32Array): Uint32Array {
 function fromTargetMessage(message: Record<string, unknown>, targetHost: string): MigrationError {
   const reason = String(message.message ?? JSON.stringify(message));
   const code = message.type === 'refused' ? 'MIGRATION_REFUSED' : 'MIGRATION_ABORTED';
-  return new MigrationError(code, `target host ${targetHost} ${message.type === 'refused' ? 'refused' : 'failed'} the migration: ${reason}`);
+  return new MigrationError(
+    code,
+    `target host ${targetHost} ${message.type === 'refused' ? 'refused' : 'failed'} the migration: ${reason}`,
+  );
 }

@@ -10,11 +10,17 @@ function cellText(cell: Cell): string {
 /** A fixed-width table for a terminal. */
 export function textTable(header: Cell[], rows: Cell[][]): string {
   const all = [header, ...rows].map((row) => row.map(cellText));
-  const widths = header.map((_, column) => Math.max(...all.map((row) => (row[column] ?? '').length)));
-  const numeric = header.map((_, column) => rows.length > 0 && rows.every((row) => typeof row[column] === 'number'));
+  const widths = header.map((_, column) =>
+    Math.max(...all.map((row) => (row[column] ?? '').length)),
+  );
+  const numeric = header.map(
+    (_, column) => rows.length > 0 && rows.every((row) => typeof row[column] === 'number'),
+  );
   const line = (row: string[]): string =>
     row
-      .map((text, column) => (numeric[column] ? text.padStart(widths[column]!) : text.padEnd(widths[column]!)))
+      .map((text, column) =>
+        numeric[column] ? text.padStart(widths[column]!) : text.padEnd(widths[column]!),
+      )
       .join('  ')
       .trimEnd();
   const rule = widths.map((w) => '-'.repeat(w)).join('  ');
@@ -23,8 +29,10 @@ export function textTable(header: Cell[], rows: Cell[][]): string {
 
 /** A GitHub-flavoured Markdown table. */
 export function markdownTable(header: Cell[], rows: Cell[][]): string {
-  const escape = (text: string): string => text.replace(/\|/g, '\\|');
-  const line = (row: Cell[]): string => `| ${row.map((c) => escape(cellText(c))).join(' | ')} |`;
-  const align = header.map((_, column) => (rows.length > 0 && rows.every((row) => typeof row[column] === 'number') ? '---:' : '---'));
+  const escapeCell = (text: string): string => text.replace(/\|/g, '\\|');
+  const line = (row: Cell[]): string => `| ${row.map((c) => escapeCell(cellText(c))).join(' | ')} |`;
+  const align = header.map((_, column) =>
+    rows.length > 0 && rows.every((row) => typeof row[column] === 'number') ? '---:' : '---',
+  );
   return [line(header), `| ${align.join(' | ')} |`, ...rows.map(line)].join('\n');
 }

@@ -1,0 +1,113 @@
+/**
+ * A TCP relay placed between two hosts to inject link faults into a migration stream: cut the
+ * link, stall it, or corrupt, truncate or drop bytes once a given number of bytes from the
+ * source has passed. Used by the integration tests and fault runs; it listens on loopback
+ * only.
+ *
+ * The cluster-key handshake passes through untouched (it is the first few hundred bytes);
+ * faults are placed after `afterBytes` bytes of the source's stream.
+ */
+import net from 'node:net';
+
+export type LinkFault =
+  | { kind: 'none' }
+  /** Close both sides. */
+  | { kind: 'cut'; afterBytes: number }
+  /** Stop forwarding (both ways) but keep the sockets open. */
+  | { kind: 'stall'; afterBytes: number }
+  /** Flip one bit of the byte at this position of the source's stream. */
+  | { kind: 'corrupt'; afterBytes: number }
+  /** Forward up to this byte, then close the target side cleanly (a truncated stream). */
+  | { kind: 'truncate'; afterBytes: number };
+
+export class FaultProxy {
+  private readonly server: net.Server;
+  private readonly sockets = new Set<net.Socket>();
+  private fault: LinkFault;
+  /** Bytes forwarded from the source side, over all connections. */
+  forwardedBytes = 0;
+  faultFired = false;
+
+  private constructor(server: net.Server, fault: LinkFault) {
+    this.server = server;
+    this.fault = fault;
+  }
+
+  /** Starts a relay to `target` on an ephemeral loopback port. */
+  static async start(
+    target: { host: string; port: number },
+    fault: LinkFault,
+  ): Promise<FaultProxy> {
+    const server = net.createServer();
+    const proxy = new FaultProxy(server, fault);
+    server.on('connection', (client) => proxy.relay(client, target));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+    return proxy;
+  }
+
+  get address(): string {
+    const address = this.server.address() as net.AddressInfo;
+    return `127.0.0.1:${address.port}`;
+  }
+
+  setFault(fault: LinkFault): void {
+    this.fault = fault;
+    this.faultFired = false;
+    this.forwardedBytes = 0;
+  }
+
+  async close(): Promise<void> {
+    for (const socket of this.sockets) socket.destroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private relay(client: net.Socket, target: { host: string; port: number }): void {
+    const upstream = net.connect(target.port, target.host);
+    this.sockets.add(client);
+    this.sockets.add(upstream);
+    let stalled = false;
+    const closeBoth = (): void => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', closeBoth);
+    upstream.on('error', closeBoth);
+    client.on('close', () => upstream.end());
+    upstream.on('close', () => client.end());
+    upstream.on('data', (chunk: Buffer) => {
+      if (!stalled) client.write(chunk);
+    });
+    client.on('data', (chunk: Buffer) => {
+      if (stalled || client.destroyed) return;
+      const fault = this.fault;
+      const start = this.forwardedBytes;
+      this.forwardedBytes += chunk.length;
+      if (fault.kind === 'none' || this.faultFired || this.forwardedBytes <= fault.afterBytes) {
+        upstream.write(chunk);
+        return;
+      }
+      this.faultFired = true;
+      const at = fault.afterBytes - start;
+      switch (fault.kind) {
+        case 'cut':
+          upstream.write(chunk.subarray(0, at));
+          closeBoth();
+          return;
+        case 'stall':
+          upstream.write(chunk.subarray(0, at));
+          stalled = true;
+          return;
+        case 'corrupt': {
+          const copy = Buffer.from(chunk);
+          copy[at] = copy[at]! ^ 0x10;
+          upstream.write(copy);
+          return;
+        }
+        case 'truncate':
+          upstream.end(chunk.subarray(0, at));
+          client.destroy();
+          return;
+      }
+    });
+  }
+}

@@ -1,0 +1,128 @@
+/**
+ * Goal: any failure before the target resumes leaves the domain running on the source,
+ * unharmed, with a clear error naming the cause; the target keeps no partial copy.
+ * Method: real host processes on loopback, faults injected by killing the target process and
+ * by a relay (FaultProxy) that cuts, stalls, corrupts or truncates the stream mid-round.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { FaultProxy, type LinkFault } from '../src/experiments/fault-proxy.ts';
+import { LocalCluster, type LocalHost } from '../src/experiments/local-cluster.ts';
+import { parseAddress } from '../src/hypervisor/peer-link.ts';
+import { createDirtier, domainStatus, migrateAndWait, pagesWritten } from './support/hosts.ts';
+
+describe('a failed migration', () => {
+  let cluster: LocalCluster;
+  let h1: LocalHost;
+  let h2: LocalHost;
+
+  before(async () => {
+    // 200 Mbit/s: a 32 MiB round takes over a second, time to hit it in the middle.
+    cluster = await LocalCluster.start({
+      hostNames: ['h1', 'h2', 'small', 'victim'],
+      link: '200mbit',
+      stallTimeout: '1500ms',
+      hostArgs: { small: ['--memory-limit', '16MiB'] },
+    });
+    h1 = cluster.host('h1');
+    h2 = cluster.host('h2');
+    await createDirtier(h1, 'vm', { dirtyRatePagesPerSec: 2000 });
+  });
+  after(() => cluster.stop());
+
+  /** The domain is running on h1, still dirtying, and not on `target`. */
+  async function assertRunsOnSourceOnly(target: LocalHost): Promise<void> {
+    assert.equal(await domainStatus(h1, 'vm'), 'running');
+    const before = await pagesWritten(h1, 'vm');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.ok((await pagesWritten(h1, 'vm')) > before, 'the guest still runs on the source');
+    assert.equal(await domainStatus(target, 'vm'), null, 'the target keeps no copy');
+  }
+
+  for (const [name, fault, cause] of [
+    [
+      'the link is cut mid-round',
+      { kind: 'cut', afterBytes: 8 << 20 },
+      /LINK_CLOSED|closed|reset|EPIPE/i,
+    ],
+    ['a page batch is corrupted', { kind: 'corrupt', afterBytes: 6 << 20 }, /STREAM_CHECKSUM|CRC/],
+    [
+      'the stream is truncated',
+      { kind: 'truncate', afterBytes: 5 << 20 },
+      /TRUNCATED|closed|reset|EPIPE/i,
+    ],
+    // Either end may give up first: the source's write times out, or the target's read does
+    // and it closes the link.
+    [
+      'the link stalls past the timeout',
+      { kind: 'stall', afterBytes: 4 << 20 },
+      /TIMEOUT|no data|closed/i,
+    ],
+  ] as [string, LinkFault, RegExp][]) {
+    it(`keeps the domain on the source when ${name}`, async () => {
+      const proxy = await FaultProxy.start(parseAddress(h2.link), fault);
+      try {
+        const record = await migrateAndWait(h1, 'vm', proxy.address);
+        assert.equal(record.status, 'failed');
+        assert.ok(proxy.faultFired, 'the fault was injected');
+        assert.match(`${record.error!.code} ${record.error!.message}`, cause);
+        assert.match(record.error!.message, /keeps running on h1/);
+        await new Promise((resolve) => setTimeout(resolve, fault.kind === 'stall' ? 2000 : 300));
+        await assertRunsOnSourceOnly(h2);
+      } finally {
+        await proxy.close();
+      }
+    });
+  }
+
+  it('keeps the domain on the source when the target refuses the memory', async () => {
+    const record = await migrateAndWait(h1, 'vm', cluster.host('small').link);
+    assert.equal(record.status, 'failed');
+    assert.equal(record.error!.code, 'MIGRATION_REFUSED');
+    assert.match(record.error!.message, /cannot hold vm/);
+    await assertRunsOnSourceOnly(cluster.host('small'));
+  });
+
+  it('keeps the domain on the source when the target host is unknown', async () => {
+    const record = await migrateAndWait(h1, 'vm', '127.0.0.1:1');
+    assert.equal(record.status, 'failed');
+    assert.match(record.error!.message, /cannot reach host at 127\.0\.0\.1:1/);
+    assert.equal(await domainStatus(h1, 'vm'), 'running');
+  });
+
+  it('keeps the domain on the source when the target process is killed mid-round', async () => {
+    const victim = cluster.host('victim');
+    let killed = false;
+    const record = await migrateAndWait(h1, 'vm', victim.link, {
+      onProgress: (r) => {
+        if (!killed && (r.progress?.pagesSentTotal ?? 0) > 1024) {
+          killed = true;
+          cluster.kill('victim');
+        }
+      },
+    });
+    assert.ok(killed, 'the target was killed during round 1');
+    assert.equal(record.status, 'failed');
+    assert.match(record.error!.code, /LINK|MIGRATION/);
+    assert.equal(await domainStatus(h1, 'vm'), 'running');
+  });
+
+  it('refuses a host that does not hold the cluster key', async () => {
+    const stranger = await LocalCluster.start({ hostNames: ['stranger'] });
+    try {
+      const record = await migrateAndWait(h1, 'vm', stranger.host('stranger').link);
+      assert.equal(record.status, 'failed');
+      assert.equal(record.error!.code, 'LINK_AUTH_FAILED');
+      await assertRunsOnSourceOnly(stranger.host('stranger'));
+    } finally {
+      await stranger.stop();
+    }
+  });
+
+  it('still migrates the same domain cleanly after all those failures', async () => {
+    const record = await migrateAndWait(h1, 'vm', h2.link);
+    assert.equal(record.status, 'completed', JSON.stringify(record.error));
+    assert.equal(record.stats!.memoryVerified, true);
+    assert.equal(await domainStatus(h2, 'vm'), 'running');
+  });
+});
