@@ -8,8 +8,9 @@
  * `ProgramContext`, whose timers the kernel saves in the `GuestState` and re-arms on the
  * target host.
  */
-import type { Region } from '../memory/layout.ts';
+
 import type { GuestMemory } from '../memory/guest-memory.ts';
+import type { Region } from '../memory/layout.ts';
 
 /** What the kernel offers a program. */
 export interface ProgramContext {

@@ -100,11 +100,9 @@ export async function startControlApi(
       return reply.code(400).send({ error: { code: 'INPUT_INVALID', message: error.message } });
     }
     const status = (error as { statusCode?: number }).statusCode ?? 500;
-    return reply
-      .code(status)
-      .send({
-        error: { code: status === 500 ? 'INTERNAL' : 'BAD_REQUEST', message: error.message },
-      });
+    return reply.code(status).send({
+      error: { code: status === 500 ? 'INTERNAL' : 'BAD_REQUEST', message: error.message },
+    });
   });
 
   app.get('/v1/host', async () => ({

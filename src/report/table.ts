@@ -30,7 +30,8 @@ export function textTable(header: Cell[], rows: Cell[][]): string {
 /** A GitHub-flavoured Markdown table. */
 export function markdownTable(header: Cell[], rows: Cell[][]): string {
   const escapeCell = (text: string): string => text.replace(/\|/g, '\\|');
-  const line = (row: Cell[]): string => `| ${row.map((c) => escapeCell(cellText(c))).join(' | ')} |`;
+  const line = (row: Cell[]): string =>
+    `| ${row.map((c) => escapeCell(cellText(c))).join(' | ')} |`;
   const align = header.map((_, column) =>
     rows.length > 0 && rows.every((row) => typeof row[column] === 'number') ? '---:' : '---',
   );
