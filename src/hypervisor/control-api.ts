@@ -176,6 +176,27 @@ export async function startControlApi(
     },
   );
 
+  app.post(
+    '/v1/link-test',
+    {
+      schema: {
+        body: {
+          type: 'object',
+          required: ['to', 'bytes'],
+          additionalProperties: false,
+          properties: {
+            to: { type: 'string', minLength: 3, maxLength: 300 },
+            bytes: { type: 'integer', minimum: 1 },
+          },
+        },
+      },
+    },
+    async (request) => {
+      const body = request.body as { to: string; bytes: number };
+      return host.linkTest(body.to, body.bytes);
+    },
+  );
+
   app.get<{ Params: { id: string } }>('/v1/migrations/:id', async (request) =>
     host.migration(request.params.id),
   );

@@ -24,6 +24,12 @@ import { EgressShaper } from '../net/shaper.ts';
 import { Domain, type DomainStatus } from './domain.ts';
 import type { DomainIdentity } from './domain-protocol.ts';
 import { HypervisorError } from './errors.ts';
+import {
+  LINK_TEST_BYTES_MAX,
+  type LinkTestResult,
+  runLinkTest,
+  serveLinkTest,
+} from './link-test.ts';
 import { acceptPeer, connectToPeer, parseAddress } from './peer-link.ts';
 
 export interface HostInit {
@@ -223,7 +229,7 @@ export class Host {
     options: { policy?: string; policyOptions?: Record<string, number> } = {},
   ): MigrationRecordView {
     const entry = this.entry(name);
-    this.requireStatus(entry.domain, ['running']);
+    this.requireStatus(entry.domain, ['running', 'paused']);
     const targetAddress = parseAddress(target, 'target host');
     const policy = policyByName(options.policy ?? 'paper', options.policyOptions);
     const record: MigrationRecordView = {
@@ -236,9 +242,32 @@ export class Host {
       error: null,
     };
     this.migrations.set(record.id, record);
+    // A paused domain migrates too (a cold snapshot); after a failure it stays paused.
+    const wasPaused = entry.domain.status === 'paused';
     entry.domain.status = 'migrating';
-    void this.runMigration(entry, targetAddress, policy, record);
+    void this.runMigration(entry, targetAddress, policy, record, wasPaused);
     return record;
+  }
+
+  /** Measures raw TCP throughput through this host's shaper to another host (like iperf). */
+  async linkTest(target: string, bytes: number): Promise<LinkTestResult> {
+    if (!Number.isSafeInteger(bytes) || bytes < 1 || bytes > LINK_TEST_BYTES_MAX) {
+      throw new InputError(
+        `a link test moves 1 B to ${formatBytes(LINK_TEST_BYTES_MAX)}; got ${bytes}`,
+      );
+    }
+    const link = await connectToPeer(parseAddress(target, 'target host'), {
+      clusterKey: this.init.clusterKey,
+      localHost: this.name,
+      purpose: 'linkTest',
+    });
+    try {
+      return await runLinkTest(link, bytes, (chunk) =>
+        this.shaper.send(link.socket, chunk, 'control'),
+      );
+    } finally {
+      link.socket.destroy();
+    }
   }
 
   migration(id: string): MigrationRecordView {
@@ -252,6 +281,7 @@ export class Host {
     targetAddress: { host: string; port: number },
     policy: ReturnType<typeof policyByName>,
     record: MigrationRecordView,
+    wasPaused: boolean,
   ): Promise<void> {
     const { domain } = entry;
     const setupStartedMs = this.clock.nowMs();
@@ -284,7 +314,7 @@ export class Host {
               info,
               memory: domain.memory,
               pause: () => domain.pause(),
-              resume: () => domain.resume(),
+              resume: () => (wasPaused ? Promise.resolve() : domain.resume()),
               sync: () => domain.sync(),
             },
             policy,
@@ -310,7 +340,7 @@ export class Host {
         `migrated ${domain.identity.name} to ${targetLabel}: Tmig ${stats.totalMigrationTimeMs.toFixed(0)} ms, downtime ${stats.downtimeMs.toFixed(1)} ms, ${stats.pagesSent} pages in ${stats.roundCount} rounds`,
       );
     } catch (error) {
-      if (domain.status === 'migrating') domain.status = 'running';
+      if (domain.status === 'migrating') domain.status = wasPaused ? 'paused' : 'running';
       record.status = 'failed';
       record.error = {
         code: isTestbedError(error) ? error.code : 'MIGRATION_FAILED',
@@ -324,6 +354,7 @@ export class Host {
     socket.on('error', () => {});
     acceptPeer(socket, { clusterKey: this.init.clusterKey, localHost: this.name })
       .then(async (link) => {
+        if (link.purpose === 'linkTest') return serveLinkTest(link, () => this.clock.nowMs());
         if (link.purpose !== 'migration') {
           socket.destroy();
           return;

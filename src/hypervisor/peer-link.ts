@@ -23,7 +23,9 @@ export const MAX_CONTROL_MESSAGE_BYTES = 1 << 20;
 /** A peer that does not finish the handshake in this time is dropped. */
 export const HANDSHAKE_TIMEOUT_MS = 5000;
 
-export type LinkPurpose = 'migration' | 'frames';
+/** migration: a pre-copy stream; frames: netback traffic; linkTest: a throughput test. */
+export type LinkPurpose = 'migration' | 'frames' | 'linkTest';
+const LINK_PURPOSES: readonly string[] = ['migration', 'frames', 'linkTest'];
 
 export type LinkErrorCode = 'LINK_AUTH_FAILED' | 'LINK_CLOSED' | 'LINK_TIMEOUT' | 'LINK_MALFORMED';
 
@@ -92,6 +94,8 @@ export class ControlReader {
   }
 
   release(): Buffer {
+    // Stop the flow first: with no 'data' listener left, a flowing socket would drop bytes.
+    this.socket.pause();
     this.socket.off('data', this.onData);
     this.socket.off('end', this.onEnd);
     this.socket.off('close', this.onEnd);
@@ -224,7 +228,11 @@ export async function acceptPeer(
   try {
     const hello = await reader.next(HANDSHAKE_TIMEOUT_MS, 'hello');
     const purpose = hello.purpose;
-    if (hello.hello !== 'xenvmc' || (purpose !== 'migration' && purpose !== 'frames')) {
+    if (
+      hello.hello !== 'xenvmc' ||
+      typeof purpose !== 'string' ||
+      !LINK_PURPOSES.includes(purpose)
+    ) {
       throw new LinkError('LINK_MALFORMED', 'peer did not open with a xenvmc hello');
     }
     const clientNonce = String(hello.clientNonce ?? '');
@@ -245,7 +253,7 @@ export async function acceptPeer(
       );
     }
     socket.write(encodeControlMessage({ ok: true }));
-    return { socket, reader, peerHost: String(hello.host ?? ''), purpose };
+    return { socket, reader, peerHost: String(hello.host ?? ''), purpose: purpose as LinkPurpose };
   } catch (error) {
     socket.destroy();
     throw error;

@@ -21,9 +21,10 @@ import {
   encodeGuestState,
   encodeHeader,
   encodePageBatch,
+  recordBytes,
 } from './codec.ts';
 import { MigrationError } from './errors.ts';
-import { MAX_BATCH_PAGES } from './limits.ts';
+import { MAX_BATCH_PAGES, MAX_RECORD_BODY_BYTES } from './limits.ts';
 import { digestCrcTable, pageCrcTable } from './page-digest.ts';
 import type { StopPolicy } from './policy.ts';
 import type { MigrationProgress, MigrationStats, RoundPhase, RoundStats } from './stats.ts';
@@ -86,6 +87,12 @@ export async function sendMigration(
   let pagesSentTotal = 0;
   let bytesOnWire = 0;
   const rounds: RoundStats[] = [];
+  // Records are built in two buffers used in turn, allocated (and page-faulted) once: a fresh
+  // 4 MiB buffer per batch costs as much as checksumming it (first touch is 13.7 us/page
+  // here). Reuse is safe because `send` resolves only once the shaper has handed the whole
+  // record to the kernel (it awaits 'drain'); the second buffer is a margin, not a need.
+  const recordBuffers = [0, 1].map(() => new Uint8Array(recordBytes(MAX_RECORD_BODY_BYTES)));
+  let nextRecordBuffer = 0;
   const progress = (p: Omit<MigrationProgress, 'elapsedMs' | 'pagesSentTotal' | 'bytesOnWire'>) =>
     init.onProgress?.({
       ...p,
@@ -107,7 +114,9 @@ export async function sendMigration(
     };
     for (let first = 0; first < pages.length; first += MAX_BATCH_PAGES) {
       const batch = pages.subarray(first, first + MAX_BATCH_PAGES);
-      const encoded = encodePageBatch(round, batch, memory.bytes);
+      const into = recordBuffers[nextRecordBuffer]!;
+      nextRecordBuffer = 1 - nextRecordBuffer;
+      const encoded = encodePageBatch(round, batch, memory.bytes, { into });
       await send(encoded.record);
       result.pagesSent += batch.length;
       result.zeroPages += encoded.zeroPages;

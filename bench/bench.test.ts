@@ -1,0 +1,29 @@
+/**
+ * Goal: every benchmark runs end to end in its smoke mode (tiny parameters) and reports
+ * finite figures. Speed is not checked here; `npm run bench` measures it.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { logDirtyCost } from './memory/log-dirty.bench.ts';
+import { preCopyModel } from './migration/model.bench.ts';
+import { migrationThroughput } from './migration/throughput.bench.ts';
+
+describe('benchmarks in smoke mode', () => {
+  for (const bench of [logDirtyCost, migrationThroughput, preCopyModel]) {
+    it(`${bench.id} runs and reports finite figures`, async () => {
+      const figures = await bench.run('smoke');
+      assert.ok(figures.length > 0);
+      for (const figure of figures) {
+        assert.ok(
+          Number.isFinite(figure.value) && figure.value > 0,
+          `${figure.name}: value ${figure.value}`,
+        );
+        assert.ok(
+          Number.isFinite(figure.baseline) && figure.baseline > 0,
+          `${figure.name}: baseline`,
+        );
+        assert.ok(Number.isFinite(figure.ratio), `${figure.name}: ratio`);
+      }
+    });
+  }
+});

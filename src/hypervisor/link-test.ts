@@ -1,0 +1,72 @@
+/**
+ * A link test between two hosts, like iperf: the source writes `bytes` of random data as fast
+ * as its egress shaper lets it, the target counts them and answers with what it received and
+ * how long it took from first to last byte. It measures the raw TCP baseline between the very
+ * same two host processes that migrate, so a benchmark can state migration throughput as a
+ * ratio of it.
+ */
+import { randomFillSync } from 'node:crypto';
+import type net from 'node:net';
+import { type ControlReader, encodeControlMessage } from './peer-link.ts';
+
+/** A test may move at most this much (bounded before anything is allocated or sent). */
+export const LINK_TEST_BYTES_MAX = 16 * 1024 ** 3;
+const LINK_TEST_CHUNK_BYTES = 4 * 1024 * 1024;
+const LINK_TEST_ANSWER_TIMEOUT_MS = 600_000;
+
+export interface LinkTestResult {
+  bytes: number;
+  /** From the target's first received byte to its last. */
+  receiverMs: number;
+  bytesPerSec: number;
+}
+
+/** Source side: announce, blast, await the target's count. */
+export async function runLinkTest(
+  link: { socket: net.Socket; reader: ControlReader },
+  bytes: number,
+  send: (chunk: Uint8Array) => Promise<void>,
+): Promise<LinkTestResult> {
+  link.socket.write(encodeControlMessage({ type: 'linkTest', bytes }));
+  // One random chunk reused: the link neither compresses nor cares about content. A fresh
+  // copy per write, because the shaper takes ownership of what it is given.
+  const pattern = randomFillSync(new Uint8Array(LINK_TEST_CHUNK_BYTES));
+  for (let sent = 0; sent < bytes; sent += LINK_TEST_CHUNK_BYTES) {
+    await send(pattern.slice(0, Math.min(LINK_TEST_CHUNK_BYTES, bytes - sent)));
+  }
+  const answer = await link.reader.next(LINK_TEST_ANSWER_TIMEOUT_MS, 'link test result');
+  const receiverMs = Number(answer.receiverMs);
+  return { bytes, receiverMs, bytesPerSec: (bytes * 1000) / receiverMs };
+}
+
+/** Target side: count the announced bytes, answer with the time from first to last. */
+export async function serveLinkTest(
+  link: { socket: net.Socket; reader: ControlReader },
+  nowMs: () => number,
+): Promise<void> {
+  const request = await link.reader.next(5000, 'link test request');
+  const bytes = Number(request.bytes);
+  if (
+    request.type !== 'linkTest' ||
+    !Number.isSafeInteger(bytes) ||
+    bytes < 1 ||
+    bytes > LINK_TEST_BYTES_MAX
+  ) {
+    link.socket.destroy();
+    return;
+  }
+  const leftover = link.reader.release();
+  let received = leftover.byteLength;
+  let firstMs = received > 0 ? nowMs() : 0;
+  const chunks = link.socket[Symbol.asyncIterator]();
+  while (received < bytes) {
+    const next = await chunks.next();
+    if (next.done) return;
+    if (received === 0) firstMs = nowMs();
+    received += (next.value as Buffer).byteLength;
+  }
+  const receiverMs = nowMs() - firstMs;
+  await new Promise<void>((resolve) =>
+    link.socket.end(encodeControlMessage({ type: 'linkTestDone', receiverMs }), () => resolve()),
+  );
+}
