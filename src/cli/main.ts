@@ -10,6 +10,7 @@ import type { DomainSummary } from '../hypervisor/host.ts';
 import { textTable } from '../report/table.ts';
 import { ControlClient } from './control-client.ts';
 import { printMigrationStats, runDemoMigrate } from './demo-migrate.ts';
+import { printStreamResult, runDemoStream, STREAM_MODES } from './demo-stream.ts';
 import { runHost } from './host-command.ts';
 import { followMigration } from './migrate-command.ts';
 import { MigrationProgressDisplay } from './progress.ts';
@@ -201,6 +202,52 @@ demo
     }
     if (!result.memoryVerified || !result.domainRunsOnTarget || !result.domainGoneFromSource)
       process.exitCode = 1;
+  });
+
+demo
+  .command('stream')
+  .description(
+    'two co-resident domains stream bytes both ways over guest sockets while one is migrated',
+  )
+  .addOption(
+    new Option('--mode <mode>', 'inter-VM carrier mode').choices([...STREAM_MODES]).default('off'),
+  )
+  .option('--bytes <size>', 'bytes each direction carries', '64MiB')
+  .addOption(
+    new Option(
+      '--migrate <which>',
+      'which domain to migrate: sender (the client, vm2), receiver (the server, vm1) or none',
+    )
+      .choices(['sender', 'receiver', 'none'])
+      .default('receiver'),
+  )
+  .option(
+    '--migrate-after <duration>',
+    'how long the streams run before the migration starts',
+    '500ms',
+  )
+  .option('--memory <size>', 'guest memory of each domain', '64MiB')
+  .option('--link <rate>', 'link rate between the hosts', '1gbit')
+  .addOption(
+    new Option('--policy <policy>', 'stop policy')
+      .choices(['paper', 'xen', 'qemu'])
+      .default('paper'),
+  )
+  .option('--json', 'print the result as JSON on stdout')
+  .option('--quiet', 'no progress on stderr')
+  .action(async (options) => {
+    jsonErrors = Boolean(options.json);
+    const result = await runDemoStream({
+      ...options,
+      json: Boolean(options.json),
+      quiet: Boolean(options.quiet),
+    });
+    if (options.json) printJson(result);
+    else {
+      printStreamResult(result);
+      process.stdout.write(`\n${result.notes.map((n) => `note: ${n}`).join('\n')}\n`);
+    }
+    if (!result.digestsMatch) process.exitCode = 1;
   });
 
 try {

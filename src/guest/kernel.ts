@@ -14,7 +14,13 @@ import { TestbedError } from '../core/errors.ts';
 import type { GuestMemory } from '../memory/guest-memory.ts';
 import type { Region } from '../memory/layout.ts';
 import type { GuestState, SavedTimer } from './guest-state.ts';
+import { NetError } from './net-errors.ts';
+import { Netstack, type NetstackState } from './netstack.ts';
 import type { GuestProgram, ProgramContext, ProgramFactory } from './program.ts';
+import type { GuestNet, SocketEvent } from './socket-api.ts';
+
+/** Socket events delivered in one poll before the kernel yields to Dom0's messages. */
+const EVENTS_PER_POLL_MAX = 4096;
 
 export interface ProgramSpec {
   kind: string;
@@ -43,6 +49,8 @@ export interface GuestKernelComponents {
   log: (message: string) => void;
   /** Called when a program throws: the domain is halted and the host told. */
   onCrash: (error: Error) => void;
+  /** Networking: the domain's IP (null: no network) and the event channel to Dom0. */
+  net?: { ip: string | null; seed: number; notifyBackend: () => void };
 }
 
 export class GuestKernel {
@@ -53,9 +61,41 @@ export class GuestKernel {
   /** Guest time = guestTimeAtResume + (clock.nowMs() - realTimeAtResume) while running. */
   private guestTimeAtResume = 0;
   private realTimeAtResume = 0;
+  private netstack: Netstack | null = null;
+  private netTimer: TimerHandle | null = null;
+  private readonly socketEvents: { programId: number; event: SocketEvent }[] = [];
+  private polling = false;
 
   constructor(components: GuestKernelComponents) {
     this.components = components;
+  }
+
+  private netComponents() {
+    return {
+      memory: this.components.memory,
+      nowMs: () => this.guestNowMs(),
+      notifyBackend: () => this.components.net?.notifyBackend(),
+      deliver: (programId: number, event: SocketEvent) =>
+        this.socketEvents.push({ programId, event }),
+      setTimer: (dueMs: number | null) => this.armNetTimer(dueMs),
+    };
+  }
+
+  /** Dom0 put frames on the RX ring (the event channel fired). */
+  onNetworkEvent(): void {
+    if (this.phase === 'running') this.afterEvent();
+  }
+
+  /** Dom0 learned that `ip` now lives elsewhere: resend what it has not confirmed. */
+  onPeerMoved(ip: number): void {
+    this.netstack?.rewindAll(ip);
+    if (this.phase === 'running') this.afterEvent();
+  }
+
+  netCounters(): Record<string, number> | null {
+    return this.netstack
+      ? { ...this.netstack.state.counters, sockets: this.netstack.state.sockets.length }
+      : null;
   }
 
   get currentPhase(): KernelPhase {
@@ -69,6 +109,8 @@ export class GuestKernel {
 
   /** First boot: builds and starts every program. */
   boot(specs: readonly ProgramSpec[]): void {
+    const net = this.components.net;
+    if (net) this.netstack = Netstack.boot(this.netComponents(), { ip: net.ip, seed: net.seed });
     const program = this.components.memory.region('program');
     let nextPage = program.firstPage;
     let pagesLeft = program.pageCount;
@@ -95,10 +137,14 @@ export class GuestKernel {
     });
     this.resumeClock(0);
     for (const running of this.programs.values()) this.dispatch(running, (p) => p.start());
+    this.afterEvent();
   }
 
   /** Rebuilds the kernel on the target from a `GuestState`; call `resume()` afterwards. */
   restore(state: GuestState): void {
+    const savedNet = state.kernel.net as NetstackState | undefined;
+    if (savedNet && this.components.net)
+      this.netstack = Netstack.restore(this.netComponents(), savedNet);
     for (const saved of state.programs) {
       const dataRegion: Region = { name: 'program', ...saved.dataRegion };
       const context = this.contextFor(saved.programId, saved.kind, dataRegion);
@@ -122,6 +168,8 @@ export class GuestKernel {
         timer.handle?.cancel();
         timer.handle = null;
       }
+      this.netTimer?.cancel();
+      this.netTimer = null;
     }
     return this.snapshot();
   }
@@ -131,6 +179,9 @@ export class GuestKernel {
     if (this.phase !== 'paused') return;
     this.resumeClock(this.guestTimeAtResume);
     for (const timer of this.timers) this.arm(timer);
+    // Frames may have been dropped while we were paused: retransmit what is unconfirmed.
+    this.netstack?.rewindAll(null);
+    this.afterEvent();
   }
 
   halt(): void {
@@ -156,7 +207,7 @@ export class GuestKernel {
         tag,
         dueGuestMs,
       })),
-      kernel: {},
+      kernel: this.netstack ? { net: this.netstack.state } : {},
     };
   }
 
@@ -210,6 +261,7 @@ export class GuestKernel {
         }
       },
       log: (message) => this.components.log(`${kind}#${programId}: ${message}`),
+      net: this.netstack ? this.netstack.netFor(programId) : NO_NETWORK,
     };
   }
 
@@ -221,8 +273,49 @@ export class GuestKernel {
       const running = this.programs.get(timer.programId);
       if (running && this.phase === 'running') {
         this.dispatch(running, (p) => p.onTimer(timer.tag));
+        this.afterEvent();
       }
     });
+  }
+
+  private armNetTimer(dueMs: number | null): void {
+    this.netTimer?.cancel();
+    this.netTimer = null;
+    if (dueMs === null || this.phase !== 'running') return;
+    this.netTimer = this.components.clock.setTimer(dueMs - this.guestNowMs(), () => {
+      this.netTimer = null;
+      if (this.phase === 'running') this.afterEvent();
+    });
+  }
+
+  /**
+   * After every guest event: let the network stack move frames (once per event, so frames are
+   * batched), then deliver the socket events it produced, each a guest event of its own, and
+   * poll again since handlers write and read. Bounded, so Dom0's messages (a pause) get a turn.
+   */
+  private afterEvent(): void {
+    const stack = this.netstack;
+    if (!stack || this.polling || this.phase !== 'running') return;
+    this.polling = true;
+    try {
+      let delivered = 0;
+      for (;;) {
+        stack.poll();
+        if (this.socketEvents.length === 0 || this.phase !== 'running') break;
+        for (const { programId, event } of this.socketEvents.splice(0)) {
+          const running = this.programs.get(programId);
+          if (running && this.phase === 'running')
+            this.dispatch(running, (p) => p.onSocket?.(event));
+          delivered++;
+        }
+        if (delivered >= EVENTS_PER_POLL_MAX) {
+          this.armNetTimer(this.guestNowMs());
+          break;
+        }
+      }
+    } finally {
+      this.polling = false;
+    }
   }
 
   /** Runs one event of one program; a throwing program halts the domain, not the host. */
@@ -240,4 +333,21 @@ export class GuestKernel {
       );
     }
   }
+}
+
+/** The `net` of a domain without networking: every call says so. */
+export const NO_NETWORK: GuestNet = {
+  ip: null,
+  listen: noNetwork,
+  unlisten: noNetwork,
+  connect: noNetwork,
+  write: noNetwork,
+  read: noNetwork,
+  end: noNetwork,
+  close: noNetwork,
+  info: noNetwork,
+};
+
+function noNetwork(): never {
+  throw new NetError('EHOSTUNREACH', 'this domain has no network (create it with an IP address)');
 }

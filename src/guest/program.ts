@@ -11,6 +11,7 @@
 
 import type { GuestMemory } from '../memory/guest-memory.ts';
 import type { Region } from '../memory/layout.ts';
+import type { GuestNet, SocketEvent } from './socket-api.ts';
 
 /** What the kernel offers a program. */
 export interface ProgramContext {
@@ -26,6 +27,8 @@ export interface ProgramContext {
   cancelTimer(tag: string): void;
   /** A line for the host's log (prefixed with the domain and program). */
   log(message: string): void;
+  /** Guest networking: sockets owned by this program. */
+  readonly net: GuestNet;
 }
 
 /** One running program. `State` must be structured-clone data. */
@@ -37,6 +40,8 @@ export interface GuestProgram<State = unknown> {
   start(): void;
   /** A timer armed through the context fired. */
   onTimer(tag: string): void;
+  /** Something happened on one of this program's sockets. */
+  onSocket?(event: SocketEvent): void;
   /** Figures the program reports (plain data), e.g. pages written. */
   stats(): Record<string, number | string | boolean>;
 }

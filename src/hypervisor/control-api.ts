@@ -111,10 +111,17 @@ export async function startControlApi(
     linkBytesPerSec: host.linkBytesPerSec,
     memoryUsedBytes: host.memoryUsedBytes(),
     memoryLimitBytes: host.memoryLimit(),
+    network: host.networkCounters(),
     domains: host.listDomains(),
   }));
 
   app.get('/v1/domains', async () => host.listDomains());
+
+  /** The link sampler's series (bytes per interval and traffic class leaving this host). */
+  app.get<{ Querystring: { since?: string } }>('/v1/link-samples', async (request) => {
+    const since = Number(request.query.since ?? 0);
+    return host.sampler.series().filter((sample) => sample.tMs >= since);
+  });
 
   app.post('/v1/domains', { schema: { body: createDomainSchema } }, async (request, reply) => {
     const body = request.body as {

@@ -25,7 +25,12 @@ export interface DomainThreadData {
   identity: DomainIdentity;
   memory: SharedGuestMemory;
   start: DomainStart;
+  /** The netfront event channel's pending bits (see event-channel.ts). */
+  eventChannel: SharedArrayBuffer;
 }
+
+/** Notifications from Dom0 (no reply): frames on the RX ring, a peer that moved. */
+export type DomainNotification = { type: 'netRx' } | { type: 'peerMoved'; ip: number };
 
 export type DomainRequest =
   | { id: number; type: 'pause' }
@@ -40,7 +45,13 @@ export type DomainReply =
   | { id: number; type: 'paused'; guestState: Uint8Array; guestStateBytes: number }
   | { id: number; type: 'resumed' }
   | { id: number; type: 'synced' }
-  | { id: number; type: 'stats'; guestTimeMs: number; programs: ProgramStatsRow[] }
+  | {
+      id: number;
+      type: 'stats';
+      guestTimeMs: number;
+      programs: ProgramStatsRow[];
+      net: Record<string, number> | null;
+    }
   | { id: number; type: 'failed'; code: string; message: string };
 
 export interface ProgramStatsRow {
@@ -52,5 +63,7 @@ export interface ProgramStatsRow {
 /** Unsolicited messages from the guest. */
 export type DomainEvent =
   | { type: 'ready' }
+  /** The guest put frames on its TX ring or freed RX slots (the event channel). */
+  | { type: 'netTx' }
   | { type: 'log'; message: string }
   | { type: 'crashed'; code: string; message: string };

@@ -12,10 +12,12 @@ import { GuestMemory } from '../memory/guest-memory.ts';
 import { dirtierFactory } from '../workloads/dirtier.ts';
 import type {
   DomainEvent,
+  DomainNotification,
   DomainReply,
   DomainRequest,
   DomainThreadData,
 } from './domain-protocol.ts';
+import { EventChannel } from './event-channel.ts';
 
 const port = parentPort;
 if (!port) throw new Error('domain-thread must run in a worker thread');
@@ -27,6 +29,7 @@ const factories = new Map<string, ProgramFactory>([
 ]);
 
 const memory = GuestMemory.attach(data.memory);
+const eventChannel = new EventChannel(data.eventChannel);
 const kernel = new GuestKernel({
   memory,
   clock: realClock,
@@ -38,9 +41,25 @@ const kernel = new GuestKernel({
       code: isTestbedError(error) ? error.code : 'GUEST_CRASHED',
       message: describeError(error),
     }),
+  net: {
+    ip: data.identity.ip,
+    seed: data.identity.domId,
+    notifyBackend: () => {
+      if (eventChannel.raise('toDom0')) post({ type: 'netTx' });
+    },
+  },
 });
 
-port.on('message', (request: DomainRequest) => {
+port.on('message', (request: DomainRequest | DomainNotification) => {
+  if (request.type === 'netRx') {
+    eventChannel.clear('toGuest');
+    kernel.onNetworkEvent();
+    return;
+  }
+  if (request.type === 'peerMoved') {
+    kernel.onPeerMoved(request.ip);
+    return;
+  }
   try {
     switch (request.type) {
       case 'pause': {
@@ -71,6 +90,7 @@ port.on('message', (request: DomainRequest) => {
           type: 'stats',
           guestTimeMs: kernel.guestNowMs(),
           programs: kernel.programStats(),
+          net: kernel.netCounters(),
         });
         break;
     }

@@ -8,6 +8,7 @@ import type { GuestMemory } from '../memory/guest-memory.ts';
 import type {
   DomainEvent,
   DomainIdentity,
+  DomainNotification,
   DomainReply,
   DomainRequest,
   DomainStart,
@@ -15,6 +16,7 @@ import type {
   ProgramStatsRow,
 } from './domain-protocol.ts';
 import { HypervisorError } from './errors.ts';
+import { EventChannel } from './event-channel.ts';
 
 export type DomainStatus = 'running' | 'paused' | 'migrating' | 'crashed' | 'destroyed';
 
@@ -30,6 +32,15 @@ export class Domain {
   readonly memory: GuestMemory;
   status: DomainStatus = 'running';
   crash: { code: string; message: string } | null = null;
+  /**
+   * The guest kernel runs (between a pause reply and a resume it does not). Netback touches
+   * the domain's rings only while this holds: see bridge.ts.
+   */
+  guestRunning = false;
+  /** Netfront's event channel with this domain. */
+  readonly eventChannel: EventChannel;
+  /** Dom0's netback: called when the guest kicks the event channel. */
+  onNetTx: () => void = () => {};
   private readonly worker: Worker;
   private readonly pending = new Map<number, Pending>();
   private nextRequestId = 1;
@@ -40,7 +51,9 @@ export class Domain {
     memory: GuestMemory,
     worker: Worker,
     log: (line: string) => void,
+    eventChannel: EventChannel,
   ) {
+    this.eventChannel = eventChannel;
     this.identity = identity;
     this.memory = memory;
     this.worker = worker;
@@ -54,15 +67,25 @@ export class Domain {
     start: DomainStart,
     log: (line: string) => void,
   ): Promise<Domain> {
-    const workerData: DomainThreadData = { identity, memory: memory.toShared(), start };
+    const eventChannel = new EventChannel();
+    const workerData: DomainThreadData = {
+      identity,
+      memory: memory.toShared(),
+      start,
+      eventChannel: eventChannel.buffer,
+    };
     const worker = new Worker(ENTRY, { workerData, name: `dom${identity.domId}-${identity.name}` });
-    const domain = new Domain(identity, memory, worker, log);
+    const domain = new Domain(identity, memory, worker, log, eventChannel);
     return new Promise((resolve, reject) => {
       let ready = false;
       worker.on('message', (message: DomainReply | DomainEvent) => {
         if (!('id' in message)) {
-          if (message.type === 'ready') {
+          if (message.type === 'netTx') {
+            domain.eventChannel.clear('toDom0');
+            domain.onNetTx();
+          } else if (message.type === 'ready') {
             ready = true;
+            domain.guestRunning = start.kind === 'boot';
             resolve(domain);
           } else if (message.type === 'crashed') {
             domain.markCrashed(message.code, message.message);
@@ -117,6 +140,7 @@ export class Domain {
   async pause(): Promise<{ guestState: Uint8Array; guestStateBytes: number }> {
     const reply = await this.request('pause');
     if (reply.type !== 'paused') throw this.unexpected(reply);
+    this.guestRunning = false;
     if (this.status === 'running') this.status = 'paused';
     return { guestState: reply.guestState, guestStateBytes: reply.guestStateBytes };
   }
@@ -124,6 +148,7 @@ export class Domain {
   async resume(): Promise<void> {
     const reply = await this.request('resume');
     if (reply.type !== 'resumed') throw this.unexpected(reply);
+    this.guestRunning = true;
     if (this.status === 'paused' || this.status === 'migrating') this.status = 'running';
   }
 
@@ -136,6 +161,7 @@ export class Domain {
   async restore(guestState: Uint8Array): Promise<void> {
     const reply = await this.request({ type: 'restore', guestState });
     if (reply.type !== 'resumed') throw this.unexpected(reply);
+    this.guestRunning = true;
     this.status = 'running';
   }
 
@@ -144,10 +170,28 @@ export class Domain {
     if (reply.type !== 'synced') throw this.unexpected(reply);
   }
 
-  async stats(): Promise<{ guestTimeMs: number; programs: ProgramStatsRow[] }> {
+  async stats(): Promise<{
+    guestTimeMs: number;
+    programs: ProgramStatsRow[];
+    net: Record<string, number> | null;
+  }> {
     const reply = await this.request('stats');
     if (reply.type !== 'stats') throw this.unexpected(reply);
-    return { guestTimeMs: reply.guestTimeMs, programs: reply.programs };
+    return { guestTimeMs: reply.guestTimeMs, programs: reply.programs, net: reply.net };
+  }
+
+  /** Frames are on the RX ring: kick the guest (once per burst, see EventChannel). */
+  notifyRx(): void {
+    if (this.eventChannel.raise('toGuest')) this.notify({ type: 'netRx' });
+  }
+
+  /** Tells the guest that `ip` moved to another host, so its streams to it resend at once. */
+  notifyPeerMoved(ip: number): void {
+    this.notify({ type: 'peerMoved', ip });
+  }
+
+  private notify(message: DomainNotification): void {
+    if (this.status !== 'destroyed' && this.status !== 'crashed') this.worker.postMessage(message);
   }
 
   async destroy(): Promise<void> {

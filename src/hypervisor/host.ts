@@ -20,10 +20,14 @@ import { policyByName } from '../migration/policy.ts';
 import { receiveMigration, STALL_TIMEOUT_MS } from '../migration/receiver.ts';
 import { sendMigration } from '../migration/sender.ts';
 import type { MigrationProgress, MigrationStats } from '../migration/stats.ts';
+import { ipToU32 } from '../net/frame.ts';
+import { LinkSampler } from '../net/sampler.ts';
 import { EgressShaper } from '../net/shaper.ts';
+import { Bridge } from './bridge.ts';
 import { Domain, type DomainStatus } from './domain.ts';
 import type { DomainIdentity } from './domain-protocol.ts';
 import { HypervisorError } from './errors.ts';
+import { FramesLinks } from './frames-link.ts';
 import {
   LINK_TEST_BYTES_MAX,
   type LinkTestResult,
@@ -43,6 +47,8 @@ export interface HostInit {
   memoryLimitBytes?: number;
   /** A link that moves no migration data for this long has failed. @default 30 s */
   stallTimeoutMs?: number;
+  /** The link sampler's interval. @default 100 ms */
+  sampleIntervalMs?: number;
   log?: (line: string) => void;
 }
 
@@ -93,8 +99,12 @@ export class Host {
   private readonly incoming = new Map<string, { bytes: number; domain: Promise<Domain> }>();
   private readonly migrations = new Map<string, MigrationRecordView>();
   private readonly shaper: EgressShaper;
+  /** NMON-like: bytes leaving this host per interval and traffic class. */
+  readonly sampler: LinkSampler;
   private readonly log: (line: string) => void;
   private server: net.Server | null = null;
+  readonly bridge: Bridge;
+  private frames: FramesLinks | null = null;
   private nextDomId = 1;
   private readonly memoryLimitBytes: number;
 
@@ -103,18 +113,55 @@ export class Host {
     this.init = init;
     this.name = init.name;
     this.log = init.log ?? (() => {});
-    this.shaper = new EgressShaper({ clock: this.clock }, { bytesPerSec: init.linkBytesPerSec });
+    this.sampler = new LinkSampler(
+      { clock: this.clock },
+      { intervalMs: init.sampleIntervalMs ?? 100 },
+    );
+    this.shaper = new EgressShaper(
+      { clock: this.clock, sampler: this.sampler },
+      { bytesPerSec: init.linkBytesPerSec },
+    );
     this.memoryLimitBytes = init.memoryLimitBytes ?? Math.floor(os.totalmem() * 0.75);
+    this.bridge = new Bridge({
+      sendRemote: (link, frame) => this.frames?.send(link, frame),
+      log: this.log,
+    });
+  }
+
+  /** `host:port` other hosts use for this one. */
+  ownLink(): string {
+    const { host, port } = this.linkAddress();
+    return `${host}:${port}`;
   }
 
   /** Starts listening for other hosts; resolves with the bound address. */
   async listen(): Promise<{ host: string; port: number }> {
+    this.sampler.start();
     const server = net.createServer((socket) => this.acceptLink(socket));
     this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(this.init.linkListen.port, this.init.linkListen.host, () => resolve());
     });
+    this.frames = new FramesLinks(
+      {
+        shaper: this.shaper,
+        connect: (link) =>
+          connectToPeer(parseAddress(link, 'peer host'), {
+            clusterKey: this.init.clusterKey,
+            localHost: this.name,
+            purpose: 'frames',
+          }),
+        onFrame: (frame, peerLink) => this.bridge.fromRemote(frame, peerLink),
+        onControl: (message, peerLink) => {
+          if (message.type === 'garp' && typeof message.ip === 'number')
+            this.bridge.learn(message.ip, message.link, true);
+          else this.log(`frames link ${peerLink}: ignored control ${message.type}`);
+        },
+        log: this.log,
+      },
+      { ownLink: this.ownLink() },
+    );
     return this.linkAddress();
   }
 
@@ -172,6 +219,7 @@ export class Host {
     const programs = request.programs ?? [];
     const domain = await Domain.boot(identity, memory, { kind: 'boot', programs }, this.log);
     this.domains.set(request.name, { domain, programs });
+    this.bridge.attach(domain);
     this.log(
       `created dom${identity.domId} ${request.name} (${formatBytes(request.memoryBytes)}, ${programs.map((p) => p.kind).join(', ') || 'no programs'})`,
     );
@@ -209,6 +257,7 @@ export class Host {
     const { domain } = this.entry(name);
     this.requireStatus(domain, ['running', 'paused']);
     await domain.resume();
+    this.bridge.kick(domain);
     return this.summary(name);
   }
 
@@ -216,6 +265,7 @@ export class Host {
     const { domain } = this.entry(name);
     this.requireStatus(domain, ['running', 'paused', 'crashed']);
     this.domains.delete(name);
+    this.bridge.detach(domain);
     await domain.destroy();
     this.log(`destroyed dom${domain.identity.domId} ${name}`);
   }
@@ -299,6 +349,7 @@ export class Host {
         pageCount: domain.memory.pageCount,
         layout: domain.memory.layout,
         programs: entry.programs,
+        routes: this.bridge.table(this.ownLink()),
       };
       try {
         record.stats = await sendMigration(
@@ -314,7 +365,11 @@ export class Host {
               info,
               memory: domain.memory,
               pause: () => domain.pause(),
-              resume: () => (wasPaused ? Promise.resolve() : domain.resume()),
+              resume: async () => {
+                if (wasPaused) return;
+                await domain.resume();
+                this.bridge.kick(domain);
+              },
               sync: () => domain.sync(),
             },
             policy,
@@ -331,8 +386,9 @@ export class Host {
       } finally {
         link.socket.end();
       }
-      // The domain runs on the target now: destroy the source copy.
+      // The domain runs on the target now: forward its IP there, destroy the source copy.
       this.domains.delete(domain.identity.name);
+      this.bridge.detach(domain, { link: targetLabel });
       await domain.destroy();
       record.status = 'completed';
       const stats = record.stats;
@@ -355,6 +411,7 @@ export class Host {
     acceptPeer(socket, { clusterKey: this.init.clusterKey, localHost: this.name })
       .then(async (link) => {
         if (link.purpose === 'linkTest') return serveLinkTest(link, () => this.clock.nowMs());
+        if (link.purpose === 'frames') return this.frames?.adopt(link);
         if (link.purpose !== 'migration') {
           socket.destroy();
           return;
@@ -412,9 +469,20 @@ export class Host {
         `no reservation for ${info.name} on ${this.name}`,
       );
     const domain = await reservation.domain;
+    // Learn where the domain's peers are before it sends its first frame.
+    const own = this.ownLink();
+    for (const route of info.routes ?? []) {
+      if (route.link !== own) this.bridge.learn(ipToU32(route.ip), route.link, false);
+    }
+    this.bridge.attach(domain);
     await domain.restore(guestState);
     this.incoming.delete(info.name);
     this.domains.set(info.name, { domain, programs: (info.programs as ProgramSpec[]) ?? [] });
+    // A gratuitous ARP: every host we know hears that this IP lives here now.
+    if (info.ip !== null) {
+      const garp = { type: 'garp' as const, ip: ipToU32(info.ip), link: own };
+      for (const link of this.bridge.knownLinks()) this.frames?.control(link, garp);
+    }
   }
 
   private discardIncoming(info: DomainInfo | null): void {
@@ -455,7 +523,13 @@ export class Host {
     }
   }
 
+  networkCounters(): Record<string, number> {
+    return { ...this.bridge.counters, framesDroppedOnLinks: this.frames?.framesDropped ?? 0 };
+  }
+
   async close(): Promise<void> {
+    this.sampler.stop();
+    this.frames?.close();
     this.server?.close();
     await Promise.all([...this.domains.values()].map(({ domain }) => domain.destroy()));
     this.domains.clear();

@@ -17,6 +17,7 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import net from 'node:net';
 import { TestbedError } from '../core/errors.ts';
+import { LinkError } from '../net/link-errors.ts';
 
 /** Control messages are small JSON objects; anything larger is an attack or a bug. */
 export const MAX_CONTROL_MESSAGE_BYTES = 1 << 20;
@@ -26,15 +27,6 @@ export const HANDSHAKE_TIMEOUT_MS = 5000;
 /** migration: a pre-copy stream; frames: netback traffic; linkTest: a throughput test. */
 export type LinkPurpose = 'migration' | 'frames' | 'linkTest';
 const LINK_PURPOSES: readonly string[] = ['migration', 'frames', 'linkTest'];
-
-export type LinkErrorCode = 'LINK_AUTH_FAILED' | 'LINK_CLOSED' | 'LINK_TIMEOUT' | 'LINK_MALFORMED';
-
-export class LinkError extends TestbedError<LinkErrorCode> {
-  constructor(code: LinkErrorCode, message: string, options?: { cause?: unknown }) {
-    super(code, message, options);
-    this.name = 'LinkError';
-  }
-}
 
 export function encodeControlMessage(message: object): Buffer {
   const body = Buffer.from(JSON.stringify(message), 'utf8');

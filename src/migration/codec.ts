@@ -87,7 +87,15 @@ export interface DomainInfo {
   tenant: string;
   /** Descriptors of the guest's programs; opaque to the stream (must be JSON-serialisable). */
   programs: unknown;
+  /**
+   * The source host's forwarding table (IP -> host link address): what the domain's peers'
+   * locations were, so the target can reach them at once, as a migrating VM's ARP cache would.
+   */
+  routes?: { ip: string; link: string }[];
 }
+
+/** A forwarding table longer than this is refused (it would be larger than any testbed). */
+const MAX_DOMAIN_INFO_ROUTES = 4096;
 
 /**
  * One decoded record. Byte arrays are views into the decoder's input or into a buffer it
@@ -457,6 +465,17 @@ function domainInfoProblem(info: unknown, maxPageCount: number): string | null {
   }
   if (info.ip !== null && typeof info.ip !== 'string') return 'ip must be a string or null';
   if (typeof info.tenant !== 'string') return 'tenant must be a string';
+  if (info.routes !== undefined) {
+    const routes = info.routes;
+    if (!Array.isArray(routes) || routes.length > MAX_DOMAIN_INFO_ROUTES) {
+      return `routes must be an array of at most ${MAX_DOMAIN_INFO_ROUTES} entries`;
+    }
+    for (const route of routes) {
+      if (!isPlainObject(route) || typeof route.ip !== 'string' || typeof route.link !== 'string') {
+        return 'every route must be { ip: string, link: string }';
+      }
+    }
+  }
   return layoutProblem(info.layout, info.pageCount);
 }
 
@@ -833,6 +852,14 @@ export class StreamDecoder {
         ip: info.ip,
         tenant: info.tenant,
         programs: info.programs,
+        ...(Array.isArray(info.routes)
+          ? {
+              routes: (info.routes as { ip: string; link: string }[]).map(({ ip, link }) => ({
+                ip,
+                link,
+              })),
+            }
+          : {}),
       },
     };
   }

@@ -7,8 +7,12 @@
  */
 import { TestbedError } from '../core/errors.ts';
 
-/** `LINK_CLOSED`: the socket closed, ended or failed before the bytes could leave. */
-export type LinkErrorCode = 'LINK_CLOSED';
+/**
+ * `LINK_CLOSED`: the socket closed, ended or failed before the bytes could leave;
+ * `LINK_AUTH_FAILED`: a peer failed the cluster-key challenge (or we did);
+ * `LINK_TIMEOUT`: a peer did not answer in time; `LINK_MALFORMED`: a peer sent garbage.
+ */
+export type LinkErrorCode = 'LINK_CLOSED' | 'LINK_AUTH_FAILED' | 'LINK_TIMEOUT' | 'LINK_MALFORMED';
 
 /** An error of the link layer; `cause` holds the socket error when there was one. */
 export class LinkError extends TestbedError<LinkErrorCode> {

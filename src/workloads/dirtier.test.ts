@@ -10,6 +10,7 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { InputError } from '../core/errors.ts';
 import { PAGE_SIZE_BYTES } from '../core/units.ts';
+import { NO_NETWORK } from '../guest/kernel.ts';
 import type { GuestProgram, ProgramContext } from '../guest/program.ts';
 import { GuestMemory } from '../memory/guest-memory.ts';
 import { defaultLayout, type Region } from '../memory/layout.ts';
@@ -55,6 +56,7 @@ class FakeKernel {
         this.timers = this.timers.filter((timer) => timer.tag !== tag);
       },
       log: () => {},
+      net: NO_NETWORK,
     };
   }
 
