@@ -63,6 +63,8 @@ export interface DemoStreamResult {
   bytesDelivered: number;
   digestsMatch: boolean;
   streamErrors: number;
+  /** The last error each program saw, if any (a correct run has none). */
+  streamErrorMessages: string[];
   directions: {
     from: string;
     to: string;
@@ -165,6 +167,7 @@ export async function runDemoStream(options: DemoStreamOptions): Promise<DemoStr
       bytesDelivered: directions.reduce((sum, d) => sum + d.bytesDelivered, 0),
       digestsMatch,
       streamErrors: server.errors + client.errors,
+      streamErrorMessages: [server, client].filter((s) => s.errors > 0).map((s) => `${s.role}: ${s.lastError}`),
       directions,
       migratingDomain: migrating,
       migratingDomainPagesSent: migration?.pagesSent ?? null,

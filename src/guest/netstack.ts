@@ -443,7 +443,10 @@ export class Netstack {
         entry.reportedEnd = true;
         deliver({ type: 'end', socket: entry.id });
       }
-      if (stream.state.phase === 'closed' || (entry.closing && stream.drained && stream.eof)) {
+      // Closed for the program only once it has seen the end of the peer's bytes: the stream
+      // itself closes as soon as both FINs are acknowledged, maybe before the program read.
+      const finished = stream.state.phase === 'closed' || (entry.closing && stream.drained);
+      if (finished && entry.reportedEnd) {
         if (entry.lingerUntilMs === null) {
           entry.lingerUntilMs = nowMs + STREAM_LINGER_MS;
           deliver({ type: 'closed', socket: entry.id });

@@ -39,6 +39,7 @@ describe('SocketBuffer', () => {
             assert.deepEqual(buffer.readAt(from, live), expected);
             const target = new Uint8Array(live);
             assert.equal(buffer.readAt(from, live, target), target);
+            assert.deepEqual(buffer.peekAt(from, live), expected, 'a view or a copy');
           }
         },
       ),

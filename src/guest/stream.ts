@@ -32,6 +32,14 @@
  * `receiveWindow` on the receiver, then `acknowledge` on the sender. Switching carriers is
  * `rewind(receiver's receiveNext)` on the sender.
  *
+ * Driving it (the kernel). After program calls and after each batch of incoming frames, call
+ * `nextFrames` and push what it returns to the TX ring. Keep one timer at the earliest
+ * `nextTimerMs` of all streams; when it fires call `onTimer`, then `nextFrames`. When the
+ * domain resumes on a new host, or is told a peer moved, call `rewind(state.sendAcked)` on the
+ * streams concerned. Demultiplex by (local port, remote IP, remote port) and nonce; answer a
+ * frame that matches no stream or listener with `refusalFor(frame, 'rst')`; keep a `closed`
+ * stream for `STREAM_LINGER_MS` so it can still acknowledge a resent FIN.
+ *
  * Non-goals: congestion control, Nagle, SACK, urgent data, simultaneous open, port
  * allocation and demultiplexing (the kernel's), keepalives.
  */
@@ -311,10 +319,18 @@ export class StreamConnection {
 
   /** Takes up to `maxBytes` received bytes (may be empty). Never throws. */
   read(maxBytes: number): Uint8Array {
+    const count = Math.max(0, Math.min(maxBytes, this.readableBytes));
+    const bytes = new Uint8Array(count);
+    this.readInto(bytes);
+    return bytes;
+  }
+
+  /** Copies up to `target.byteLength` received bytes into `target`; returns the count. */
+  readInto(target: Uint8Array): number {
     const state = this.state;
-    const count = Math.min(maxBytes, this.readableBytes);
-    if (count <= 0) return new Uint8Array(0);
-    const bytes = this.receiveBuffer.readAt(state.receiveRead, count);
+    const count = Math.min(target.byteLength, this.readableBytes);
+    if (count <= 0) return 0;
+    this.receiveBuffer.readAt(state.receiveRead, count, target);
     state.receiveRead += count;
     // A window update is worth a frame only once a quarter of the buffer has opened; a lost
     // update costs nothing worse than the sender's zero-window probe.
@@ -323,7 +339,7 @@ export class StreamConnection {
     if (opened >= Math.max(1, Math.floor(capacity / 4)) && state.phase !== 'reset') {
       state.ackOwed = true;
     }
-    return bytes;
+    return count;
   }
 
   /** Ends our direction after the bytes written so far (FIN). Idempotent. */

@@ -10,6 +10,7 @@ import { GuestKernel } from '../guest/kernel.ts';
 import type { ProgramFactory } from '../guest/program.ts';
 import { GuestMemory } from '../memory/guest-memory.ts';
 import { dirtierFactory } from '../workloads/dirtier.ts';
+import { streamerFactory } from '../workloads/streamer.ts';
 import type {
   DomainEvent,
   DomainNotification,
@@ -26,6 +27,7 @@ const post = (message: DomainReply | DomainEvent): void => port.postMessage(mess
 
 const factories = new Map<string, ProgramFactory>([
   [dirtierFactory.kind, dirtierFactory as ProgramFactory],
+  [streamerFactory.kind, streamerFactory as ProgramFactory],
 ]);
 
 const memory = GuestMemory.attach(data.memory);

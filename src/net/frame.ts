@@ -10,20 +10,17 @@
  * Non-goals: IP fragmentation, checksums (the rings are memory, not wires), options.
  *
  * ```
- * byte  0       1       2       3       4               8
- *       +-------+-------+-------+-------+---------------+---------------+
- *     0 |version| kind  | payloadLength | sourceIp (u32)| targetIp (u32)|
- *       +-------+-------+---------------+---------------+---------------+
- *    12 |sourcePort(u16)|targetPort(u16)|
- *       +---------------+---------------+-------------------------------+
- *    16 | offset (f64): stream offset of the payload's first byte, or FIN |
- *       +---------------------------------------------------------------+
- *    24 | ack (f64): next offset expected = bytes accepted (+1 after FIN) |
- *       +-------------------------------+-------------------------------+
- *    32 | window (u32): bytes free      | nonce (u32): chosen by the    |
- *       | after `ack`                   | connector, names the stream   |
- *       +-------------------------------+-------------------------------+
- *    40 | payload (DATA only, payloadLength bytes)                    ...
+ * byte  size  field (little-endian)
+ *    0     1  version = 1
+ *    1     1  kind: 1 syn, 2 synAck, 3 data, 4 ack, 5 fin, 6 rst, 7 unreachable
+ *    2     2  payloadLength (u16)
+ *    4     4  sourceIp (u32)                 8     4  targetIp (u32)
+ *   12     2  sourcePort (u16)              14     2  targetPort (u16)
+ *   16     8  offset (f64): stream offset of the payload's first byte, or of the FIN
+ *   24     8  ack (f64): next offset expected = bytes accepted (+1 once the FIN is)
+ *   32     4  window (u32): bytes of receive space after `ack`
+ *   36     4  nonce (u32): chosen by the connector, names the connection
+ *   40     n  payload: data frames only, n = payloadLength >= 1
  * ```
  */
 import { InputError } from '../core/errors.ts';

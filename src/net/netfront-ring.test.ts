@@ -22,6 +22,40 @@ function frameOf(id: number, length: number): Uint8Array {
   return bytes;
 }
 
+/** Pushes `frames` the way `how` says; returns how many went in. */
+function push(ring: NetfrontRing, frames: Uint8Array[], how: string): number {
+  if (how === 'tryPush') {
+    let count = 0;
+    while (count < frames.length && ring.tryPush(frames[count]!) === 'ok') count++;
+    return count;
+  }
+  if (how === 'pushMany') return ring.pushMany(frames);
+  return ring.pushEach(frames, (frame, slot) => {
+    slot.set(frame);
+    return frame.byteLength;
+  });
+}
+
+/** Pops up to `count` frames the way `how` says (popEach stops early by returning false). */
+function pop(ring: NetfrontRing, count: number, how: string): Uint8Array[] {
+  if (how === 'popMany') return ring.popMany(count);
+  const frames: Uint8Array[] = [];
+  if (how === 'tryPop') {
+    while (frames.length < count) {
+      const frame = ring.tryPop();
+      if (frame === null) break;
+      frames.push(frame);
+    }
+    return frames;
+  }
+  ring.popEach((view) => {
+    if (frames.length >= count) return false;
+    frames.push(view.slice());
+    return true;
+  });
+  return frames;
+}
+
 function kernelRing(memory: GuestMemory, slotCount?: number, slotSizeBytes?: number) {
   return new NetfrontRing(memory, {
     address: memory.regionAddress('kernel'),
@@ -40,8 +74,12 @@ if (!isMainThread && workerData?.role === 'producer') {
         fc.record({
           push: fc.integer({ min: 0, max: 6 }),
           length: fc.integer({ min: 0, max: 512 }),
+          how: fc.constantFrom('tryPush', 'pushMany', 'pushEach'),
         }),
-        fc.record({ pop: fc.integer({ min: 0, max: 6 }) }),
+        fc.record({
+          pop: fc.integer({ min: 0, max: 6 }),
+          how: fc.constantFrom('tryPop', 'popMany', 'popEach'),
+        }),
       );
       fc.assert(
         fc.property(fc.constantFrom(1, 2, 8), fc.array(op, { maxLength: 80 }), (slots, ops) => {
@@ -54,13 +92,11 @@ if (!isMainThread && workerData?.role === 'producer') {
               const frames = Array.from({ length: step.push }, () =>
                 frameOf(nextId++, step.length),
               );
-              const pushed = step.push === 1 ? Number(ring.tryPush(frames[0]!) === 'ok') : 0;
-              const count = step.push === 1 ? pushed : ring.pushMany(frames);
-              assert.equal(count, Math.min(step.push, slots - model.length));
+              const count = push(ring, frames, step.how);
+              assert.equal(count, Math.min(step.push, slots - model.length), 'pushed');
               model.push(...frames.slice(0, count));
             } else {
-              const popped = step.pop === 1 ? [ring.tryPop()].filter((f) => f !== null) : [];
-              const frames = step.pop === 1 ? popped : ring.popMany(step.pop);
+              const frames = pop(ring, step.pop, step.how);
               assert.deepEqual(frames, model.splice(0, Math.min(step.pop, model.length)));
             }
             assert.equal(ring.pending, model.length);
@@ -123,6 +159,17 @@ if (!isMainThread && workerData?.role === 'producer') {
       });
       ring.popMany();
       assert.deepEqual([...memory.peekAndClean()], [controlPage], 'the consumer index dirties');
+      ring.pushEach([3000], (length, slot) => {
+        slot.fill(1, 0, length);
+        return length;
+      });
+      const slotPage = firstSlotPage + 4;
+      assert.deepEqual([...memory.peekAndClean()], [controlPage, slotPage], 'pushEach dirties');
+      assert.equal(
+        ring.popEach(() => true),
+        1,
+      );
+      assert.deepEqual([...memory.peekAndClean()], [controlPage], 'popEach dirties the index');
       assert.equal(NetfrontRing.bytesNeeded({}), PAGE_SIZE_BYTES + 256 * 4096);
     });
 
