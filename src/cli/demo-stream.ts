@@ -167,7 +167,9 @@ export async function runDemoStream(options: DemoStreamOptions): Promise<DemoStr
       bytesDelivered: directions.reduce((sum, d) => sum + d.bytesDelivered, 0),
       digestsMatch,
       streamErrors: server.errors + client.errors,
-      streamErrorMessages: [server, client].filter((s) => s.errors > 0).map((s) => `${s.role}: ${s.lastError}`),
+      streamErrorMessages: [server, client]
+        .filter((s) => s.errors > 0)
+        .map((s) => `${s.role}: ${s.lastError}`),
       directions,
       migratingDomain: migrating,
       migratingDomainPagesSent: migration?.pagesSent ?? null,

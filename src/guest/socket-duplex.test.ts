@@ -9,8 +9,8 @@
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { describe, it } from 'node:test';
 import { pipeline } from 'node:stream/promises';
+import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import fc from 'fast-check';
 import { createFakeNetPair, type FakeNetPair } from './fake-net.ts';

@@ -193,6 +193,8 @@ export interface StreamerState {
   /** Errors seen (retried connect refusals are not errors), and the last one. */
   errors: number;
   lastError: string;
+  /** The last socket call that threw (the socket was already gone; see `callSocket`). */
+  lastSocketCallError: string;
 }
 
 const PARAM_NAMES: ReadonlySet<string> = new Set([
@@ -397,6 +399,7 @@ class Streamer implements GuestProgram<StreamerState> {
     }
   }
 
+  /** Figures for the demo; times are guest ms, -1 until they happen; `gapCounts` per bucket. */
   stats(): Record<string, number | string | boolean> {
     const s = this.state;
     return {
@@ -410,6 +413,7 @@ class Streamer implements GuestProgram<StreamerState> {
       finished: s.sendFinishedMs !== null && s.receiveFinishedMs !== null,
       errors: s.errors,
       lastError: s.lastError,
+      lastSocketCallError: s.lastSocketCallError,
       connectTries: s.connectTries,
       longestGapMs: s.longestGapMs,
       longestGapEndMs: s.longestGapEndMs ?? -1,
@@ -519,16 +523,16 @@ class Streamer implements GuestProgram<StreamerState> {
   }
 
   /**
-   * Runs a call on our socket; a `NetError` (a reset the kernel has not reported yet, after
-   * which the id is gone) is recorded and gives null.
+   * Runs a call on our socket. A `NetError` means the kernel has forgotten the socket already (a
+   * reset, or a close while our events waited, e.g. during a pause): its `error` or `closed` is
+   * queued for us and decides the outcome, so the call only yields null and leaves a note.
    */
   private callSocket<T>(call: (net: GuestNet, socket: SocketId) => T): T | null {
     try {
       return call(this.context.net, this.state.socket!);
     } catch (error) {
       if (!(error instanceof NetError)) throw error;
-      this.state.socket = null;
-      this.fail(`${error.code}: ${error.message}`);
+      this.state.lastSocketCallError = `${error.code}: ${error.message}`;
       return null;
     }
   }
@@ -566,12 +570,11 @@ class Streamer implements GuestProgram<StreamerState> {
   private receive(): void {
     const state = this.state;
     if (state.phase !== 'streaming' || state.socket === null) return;
-    const net = this.context.net;
     let arrived = false;
     for (;;) {
       // Terminates: the receive buffer is bounded and nothing refills it during this event.
-      const bytes = net.read(state.socket, READ_BYTES_MAX);
-      if (bytes.byteLength === 0) break;
+      const bytes = this.callSocket((net, socket) => net.read(socket, READ_BYTES_MAX));
+      if (bytes === null || bytes.byteLength === 0) break;
       state.receiveCrc = crc32(bytes, state.receiveCrc);
       state.bytesReceived += bytes.byteLength;
       arrived = true;
@@ -643,6 +646,7 @@ export const streamerFactory: ProgramFactory<StreamerParams, StreamerState> = {
       longestGapEndMs: null,
       errors: 0,
       lastError: '',
+      lastSocketCallError: '',
     };
     return new Streamer(context, state);
   },
