@@ -7,7 +7,10 @@
  * picks sizes, placements, which end moves and when.
  */
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
+import { crc32 } from 'node:zlib';
 import fc from 'fast-check';
 import { sleepMs } from '../src/core/clock.ts';
 import { LocalCluster, type LocalHost } from '../src/experiments/local-cluster.ts';
@@ -25,18 +28,22 @@ interface StreamerStats {
 }
 
 async function streamerStats(host: LocalHost, name: string): Promise<StreamerStats> {
-  const view = await host.client.get<DomainSummary & { stats: { programs: { stats: StreamerStats }[] } }>(
-    `/v1/domains/${name}`,
-  );
+  const view = await host.client.get<
+    DomainSummary & { stats: { programs: { stats: StreamerStats }[] } }
+  >(`/v1/domains/${name}`);
   return view.stats.programs[0]!.stats;
 }
 
-async function waitFinished(where: Map<string, LocalHost>, timeoutMs: number): Promise<Map<string, StreamerStats>> {
+async function waitFinished(
+  where: Map<string, LocalHost>,
+  timeoutMs: number,
+): Promise<Map<string, StreamerStats>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const stats = new Map<string, StreamerStats>();
     for (const [name, host] of where) stats.set(name, await streamerStats(host, name));
-    if ([...stats.values()].every((s) => s.finished || s.errors > 0) || Date.now() > deadline) return stats;
+    if ([...stats.values()].every((s) => s.finished || s.errors > 0) || Date.now() > deadline)
+      return stats;
     await sleepMs(50);
   }
 }
@@ -77,7 +84,12 @@ describe('guest streams between host processes', () => {
             name: server,
             memory: '16MiB',
             ip: serverIp,
-            programs: [{ kind: 'streamer', params: { role: 'server', port: 7000, bytes, chunkBytes, seed: run } }],
+            programs: [
+              {
+                kind: 'streamer',
+                params: { role: 'server', port: 7000, bytes, chunkBytes, seed: run },
+              },
+            ],
           });
           await where.get(client)!.client.post('/v1/domains', {
             name: client,
@@ -86,7 +98,14 @@ describe('guest streams between host processes', () => {
             programs: [
               {
                 kind: 'streamer',
-                params: { role: 'client', port: 7000, peerIp: serverIp, bytes, chunkBytes, seed: run + 100 },
+                params: {
+                  role: 'client',
+                  port: 7000,
+                  peerIp: serverIp,
+                  bytes,
+                  chunkBytes,
+                  seed: run + 100,
+                },
               },
             ],
           });
@@ -113,8 +132,62 @@ describe('guest streams between host processes', () => {
     );
   });
 
+  it('relays a real TCP client through port forwarding, also after the domain migrated away', async () => {
+    const bytes = 3 * 1024 * 1024;
+    await h1.client.post('/v1/domains', {
+      name: 'served',
+      memory: '16MiB',
+      ip: '10.77.4.1',
+      programs: [{ kind: 'streamer', params: { role: 'server', port: 2525, bytes, seed: 5 } }],
+    });
+    const forward = await h1.client.post<{ listen: string }>('/v1/forwards', {
+      domain: 'served',
+      port: 2525,
+    });
+    const [host, port] = forward.listen.split(':') as [string, string];
+    const payload = randomBytes(2 * 1024 * 1024);
+    // Half-open: the guest may finish sending before this client has sent everything.
+    const socket = net.connect({ port: Number(port), host, allowHalfOpen: true });
+    let received = 0;
+    let receivedCrc = 0;
+    const done = new Promise<void>((resolve, reject) => {
+      socket.on('data', (chunk: Buffer) => {
+        received += chunk.byteLength;
+        receivedCrc = crc32(chunk, receivedCrc);
+      });
+      socket.on('end', () => resolve());
+      socket.on('error', reject);
+    });
+    // Half the payload, a migration of the server domain to h2, then the rest.
+    socket.write(payload.subarray(0, payload.byteLength / 2));
+    const record = await migrateAndWait(h1, 'served', h2.link);
+    assert.equal(record.status, 'completed', JSON.stringify(record.error));
+    const flushed = new Promise((resolve) =>
+      socket.end(payload.subarray(payload.byteLength / 2), () => resolve(null)),
+    );
+    await Promise.all([done, flushed]);
+    const stats = await waitFinished(new Map([['served', h2]]), 30_000);
+    socket.destroy();
+    const server = stats.get('served')!;
+    assert.equal(received, bytes, 'the client received every byte the guest sent');
+    assert.equal(receivedCrc, server.sendCrc, 'and the same bytes');
+    const forwards = await h1.client.get('/v1/forwards');
+    assert.equal(
+      server.bytesReceived,
+      payload.byteLength,
+      `the guest received every byte the client sent: ${JSON.stringify({ server, forwards })}`,
+    );
+    assert.equal(server.receiveCrc, crc32(payload), 'and the same bytes');
+    assert.equal(server.errors, 0, `no error in the guest: ${server.lastError}`);
+  });
+
   it('refuses a connect to a closed port (ECONNREFUSED) and to an unknown IP (EHOSTUNREACH)', async () => {
-    await h1.client.post('/v1/domains', { name: 'lonely', memory: '16MiB', ip: '10.77.3.1', programs: [] });
+    await h1.client.post('/v1/domains', {
+      name: 'lonely',
+      memory: '16MiB',
+      ip: '10.77.3.1',
+      programs: [],
+    });
     for (const [name, peerIp, code] of [
       ['refused', '10.77.3.1', 'ECONNREFUSED'],
       ['unreachable', '10.77.99.99', 'EHOSTUNREACH'],
@@ -123,7 +196,12 @@ describe('guest streams between host processes', () => {
         name,
         memory: '16MiB',
         ip: name === 'refused' ? '10.77.3.2' : '10.77.3.3',
-        programs: [{ kind: 'streamer', params: { role: 'client', port: 9, peerIp, bytes: 1, connectTriesMax: 1 } }],
+        programs: [
+          {
+            kind: 'streamer',
+            params: { role: 'client', port: 9, peerIp, bytes: 1, connectTriesMax: 1 },
+          },
+        ],
       });
       let stats = await streamerStats(h1, name);
       for (let i = 0; i < 100 && stats.errors === 0; i++) {

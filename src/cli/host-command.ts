@@ -19,6 +19,7 @@ export interface HostCommandOptions {
   link: string;
   memoryLimit?: string;
   stallTimeout?: string;
+  dom0Ip?: string;
 }
 
 export async function runHost(options: HostCommandOptions): Promise<void> {

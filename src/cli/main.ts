@@ -165,6 +165,27 @@ controlOptions(
   else printMigrationStats(stats);
 });
 
+controlOptions(
+  program
+    .command('forward <domain> <port>')
+    .description(
+      'relay a port of this machine to a port of a domain (by name or IP), e.g. for a real SMTP client',
+    )
+    .option('--listen <addr>', 'where to listen on this machine', '127.0.0.1:0'),
+).action(async (domainName: string, port: string, options) => {
+  jsonErrors = Boolean(options.json);
+  const view = await client(options).post<{ listen: string; targetIp: string; targetPort: number }>(
+    '/v1/forwards',
+    {
+      domain: domainName,
+      port: Number(port),
+      listen: options.listen,
+    },
+  );
+  if (options.json) printJson(view);
+  else process.stdout.write(`forwarding ${view.listen} -> ${view.targetIp}:${view.targetPort}\n`);
+});
+
 const demo = program.command('demo').description('self-contained demonstrations on local hosts');
 demo
   .command('migrate')

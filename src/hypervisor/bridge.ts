@@ -14,6 +14,7 @@
  */
 
 import { netfrontPlacement } from '../guest/netstack.ts';
+import type { GuestMemory } from '../memory/guest-memory.ts';
 import {
   decodeFrame,
   encodeFrame,
@@ -24,7 +25,17 @@ import {
   u32ToIp,
 } from '../net/frame.ts';
 import { NetfrontRing } from '../net/netfront-ring.ts';
-import type { Domain } from './domain.ts';
+
+/** What the bridge needs of an endpoint: a guest domain, or Dom0's own stack. */
+export interface BridgeEndpoint {
+  readonly identity: { ip: string | null; name: string };
+  readonly memory: GuestMemory;
+  /** Netback touches the rings only while this holds. */
+  readonly guestRunning: boolean;
+  onNetTx: () => void;
+  notifyRx(): void;
+  notifyPeerMoved(ip: number): void;
+}
 
 /** Frames Dom0 holds for a domain whose RX ring is full, before it drops (bounded memory). */
 const BACKLOG_FRAMES_MAX = 4096;
@@ -42,7 +53,7 @@ export interface BridgeCounters {
 }
 
 interface NetbackPort {
-  domain: Domain;
+  domain: BridgeEndpoint;
   ip: number;
   tx: NetfrontRing;
   rx: NetfrontRing;
@@ -71,14 +82,14 @@ export class Bridge {
   };
   private readonly components: BridgeComponents;
   private readonly routes = new Map<number, Route>();
-  private readonly ports = new Map<Domain, NetbackPort>();
+  private readonly ports = new Map<BridgeEndpoint, NetbackPort>();
 
   constructor(components: BridgeComponents) {
     this.components = components;
   }
 
   /** Connects a domain's netfront to the bridge; its IP now routes here. */
-  attach(domain: Domain): void {
+  attach(domain: BridgeEndpoint): void {
     if (domain.identity.ip === null) return;
     const memory = domain.memory;
     const placement = netfrontPlacement(memory);
@@ -96,7 +107,7 @@ export class Bridge {
   }
 
   /** Disconnects a domain (destroyed, or migrated away: then `moved` says where it went). */
-  detach(domain: Domain, moved?: { link: string }): void {
+  detach(domain: BridgeEndpoint, moved?: { link: string }): void {
     const port = this.ports.get(domain);
     if (!port) return;
     this.ports.delete(domain);
@@ -110,7 +121,7 @@ export class Bridge {
   }
 
   /** Runs netback for a domain that can take frames again (resumed after a pause). */
-  kick(domain: Domain): void {
+  kick(domain: BridgeEndpoint): void {
     const port = this.ports.get(domain);
     if (port) this.service(port);
   }

@@ -204,6 +204,34 @@ export async function startControlApi(
     },
   );
 
+  app.get('/v1/forwards', async () => host.listForwards());
+  app.post(
+    '/v1/forwards',
+    {
+      schema: {
+        body: {
+          type: 'object',
+          required: ['domain', 'port'],
+          additionalProperties: false,
+          properties: {
+            listen: { type: 'string', minLength: 3, maxLength: 300 },
+            domain: { type: 'string', minLength: 1, maxLength: 64 },
+            port: { type: 'integer', minimum: 1, maximum: 65535 },
+          },
+        },
+      },
+    },
+    async (request, reply) => {
+      const body = request.body as { listen?: string; domain: string; port: number };
+      const view = await host.addForward({
+        listen: body.listen ?? '127.0.0.1:0',
+        domain: body.domain,
+        port: body.port,
+      });
+      return reply.code(201).send(view);
+    },
+  );
+
   app.get<{ Params: { id: string } }>('/v1/migrations/:id', async (request) =>
     host.migration(request.params.id),
   );

@@ -24,6 +24,7 @@ import { ipToU32 } from '../net/frame.ts';
 import { LinkSampler } from '../net/sampler.ts';
 import { EgressShaper } from '../net/shaper.ts';
 import { Bridge } from './bridge.ts';
+import { Dom0Net, type ForwardView } from './dom0-net.ts';
 import { Domain, type DomainStatus } from './domain.ts';
 import type { DomainIdentity } from './domain-protocol.ts';
 import { HypervisorError } from './errors.ts';
@@ -49,6 +50,11 @@ export interface HostInit {
   stallTimeoutMs?: number;
   /** The link sampler's interval. @default 100 ms */
   sampleIntervalMs?: number;
+  /**
+   * Dom0's own IP on the testbed network (port forwarding). Must differ between hosts.
+   * @default 10.77.255.N, N from a hash of the host name
+   */
+  dom0Ip?: string;
   log?: (line: string) => void;
 }
 
@@ -104,6 +110,7 @@ export class Host {
   private readonly log: (line: string) => void;
   private server: net.Server | null = null;
   readonly bridge: Bridge;
+  private readonly dom0: Dom0Net;
   private frames: FramesLinks | null = null;
   private nextDomId = 1;
   private readonly memoryLimitBytes: number;
@@ -126,6 +133,32 @@ export class Host {
       sendRemote: (link, frame) => this.frames?.send(link, frame),
       log: this.log,
     });
+    this.dom0 = new Dom0Net({ clock: this.clock }, { ip: init.dom0Ip ?? defaultDom0Ip(init.name) });
+    this.bridge.attach(this.dom0);
+  }
+
+  /** Relays a port of this machine to `port` of a domain (by name here, or by IP). */
+  async addForward(request: {
+    listen: string;
+    domain: string;
+    port: number;
+  }): Promise<ForwardView> {
+    const ip = /^\d+\.\d+\.\d+\.\d+$/.test(request.domain)
+      ? request.domain
+      : this.entry(request.domain).domain.identity.ip;
+    if (ip === null)
+      throw new InputError(`domain ${request.domain} has no IP address to forward to`);
+    const view = await this.dom0.addForward(
+      parseAddress(request.listen, 'forward listen address'),
+      ip,
+      request.port,
+    );
+    this.log(`forwarding ${view.listen} to ${ip}:${request.port}`);
+    return view;
+  }
+
+  listForwards(): ForwardView[] {
+    return this.dom0.listForwards();
   }
 
   /** `host:port` other hosts use for this one. */
@@ -528,10 +561,18 @@ export class Host {
   }
 
   async close(): Promise<void> {
+    this.dom0.close();
     this.sampler.stop();
     this.frames?.close();
     this.server?.close();
     await Promise.all([...this.domains.values()].map(({ domain }) => domain.destroy()));
     this.domains.clear();
   }
+}
+
+/** 10.77.255.N with N in 1..250 from the host name, so two hosts rarely clash by default. */
+function defaultDom0Ip(hostName: string): string {
+  let hash = 0;
+  for (const char of hostName) hash = (Math.imul(hash, 31) + char.charCodeAt(0)) >>> 0;
+  return `10.77.255.${1 + (hash % 250)}`;
 }
