@@ -13,6 +13,7 @@ import type { Clock, TimerHandle } from '../core/clock.ts';
 import { TestbedError } from '../core/errors.ts';
 import type { GuestMemory } from '../memory/guest-memory.ts';
 import type { Region } from '../memory/layout.ts';
+import type { CarrierModule } from './carrier.ts';
 import type { GuestState, SavedTimer } from './guest-state.ts';
 import { NetError } from './net-errors.ts';
 import { Netstack, type NetstackState } from './netstack.ts';
@@ -51,6 +52,8 @@ export interface GuestKernelComponents {
   onCrash: (error: Error) => void;
   /** Networking: the domain's IP (null: no network) and the event channel to Dom0. */
   net?: { ip: string | null; seed: number; notifyBackend: () => void };
+  /** Another carrier for streams (the XENVMC module), plugged in by the composition root. */
+  carrier?: CarrierModule;
 }
 
 export class GuestKernel {
@@ -78,6 +81,7 @@ export class GuestKernel {
       deliver: (programId: number, event: SocketEvent) =>
         this.socketEvents.push({ programId, event }),
       setTimer: (dueMs: number | null) => this.armNetTimer(dueMs),
+      carrier: this.components.carrier,
     };
   }
 
@@ -142,6 +146,8 @@ export class GuestKernel {
 
   /** Rebuilds the kernel on the target from a `GuestState`; call `resume()` afterwards. */
   restore(state: GuestState): void {
+    if (state.kernel.channels !== undefined)
+      this.components.carrier?.loadState(state.kernel.channels);
     const savedNet = state.kernel.net as NetstackState | undefined;
     if (savedNet && this.components.net)
       this.netstack = Netstack.restore(this.netComponents(), savedNet);
@@ -207,7 +213,10 @@ export class GuestKernel {
         tag,
         dueGuestMs,
       })),
-      kernel: this.netstack ? { net: this.netstack.state } : {},
+      kernel: {
+        ...(this.netstack ? { net: this.netstack.state } : {}),
+        ...(this.components.carrier ? { channels: this.components.carrier.saveState() } : {}),
+      },
     };
   }
 

@@ -31,6 +31,7 @@ import {
 } from '../net/frame.ts';
 import { NETFRONT_SLOT_COUNT, NETFRONT_SLOT_SIZE_BYTES, STREAM_LINGER_MS } from '../net/limits.ts';
 import { NetfrontRing } from '../net/netfront-ring.ts';
+import type { CarriedStream, StreamCarrier } from './carrier.ts';
 import { NetError } from './net-errors.ts';
 import type { GuestNet, SocketEvent, SocketId, SocketInfo } from './socket-api.ts';
 import { StreamConnection, type StreamState } from './stream.ts';
@@ -88,7 +89,10 @@ interface SocketEntry {
   lingerUntilMs: number | null;
   bytesRead: number;
   bytesWritten: number;
-  /** Events to deliver to the program at the end of this poll. */
+  /** A `readable` for bytes held by another carrier was delivered and not yet read out. */
+  carrierReadableTold: boolean;
+  /** A FIN that arrived while another carrier still held bytes before it. */
+  parkedFinOffset: number | null;
 }
 
 /** The stack's whole state (plain data). */
@@ -122,6 +126,8 @@ export interface NetstackComponents {
   deliver: (programId: number, event: SocketEvent) => void;
   /** Ask for `poll()` to run at guest time `dueMs` (retransmit timers); null cancels. */
   setTimer: (dueMs: number | null) => void;
+  /** Another carrier for co-resident peers (the XENVMC module), if the kernel has one. */
+  carrier?: StreamCarrier;
 }
 
 export class Netstack {
@@ -263,7 +269,9 @@ export class Netstack {
 
   private write(programId: number, socket: SocketId, bytes: Uint8Array): number {
     const entry = this.entry(programId, socket);
-    const taken = this.streams.get(socket)!.write(bytes);
+    const stream = this.streams.get(socket)!;
+    const byCarrier = this.components.carrier?.write({ socket, stream }, bytes) ?? null;
+    const taken = byCarrier ?? stream.write(bytes);
     entry.bytesWritten += taken;
     if (taken < bytes.byteLength) entry.wantWritable = true;
     return taken;
@@ -271,7 +279,18 @@ export class Netstack {
 
   private read(programId: number, socket: SocketId, maxBytes: number): Uint8Array {
     const entry = this.entry(programId, socket);
-    const bytes = this.streams.get(socket)!.read(maxBytes);
+    const stream = this.streams.get(socket)!;
+    let bytes = stream.read(maxBytes);
+    const carrier = this.components.carrier;
+    if (bytes.byteLength === 0 && carrier && stream.receiveQuiescent) {
+      bytes = carrier.read({ socket, stream }, maxBytes);
+      // A FIN that came by netfront before the carrier's last bytes is taken now.
+      if (entry.parkedFinOffset !== null && entry.parkedFinOffset === stream.state.receiveNext) {
+        stream.acceptFin(entry.parkedFinOffset);
+        entry.parkedFinOffset = null;
+      }
+    }
+    if (bytes.byteLength < maxBytes) entry.carrierReadableTold = false;
     entry.bytesRead += bytes.byteLength;
     return bytes;
   }
@@ -292,8 +311,12 @@ export class Netstack {
       remotePort: stream.remotePort,
       bytesWritten: entry.bytesWritten,
       bytesRead: entry.bytesRead,
-      carrier: 'netfront',
+      carrier: this.components.carrier?.carrierOf(this.carried(entry)) ?? 'netfront',
     };
+  }
+
+  private carried(entry: SocketEntry): CarriedStream {
+    return { socket: entry.id, stream: this.streams.get(entry.id)! };
   }
 
   // ---- the poll: RX, timers, TX, events ------------------------------------------------------
@@ -307,6 +330,10 @@ export class Netstack {
       const due = stream.nextTimerMs();
       if (due !== null && due <= nowMs) stream.onTimer(nowMs);
     }
+    this.components.carrier?.poll(
+      this.state.sockets.map((entry) => this.carried(entry)),
+      nowMs,
+    );
     this.transmit(nowMs);
     this.report(nowMs);
     this.components.setTimer(this.nextTimerMs());
@@ -431,11 +458,18 @@ export class Netstack {
           });
         }
       }
+      const carrier = this.components.carrier;
+      const carried = this.carried(entry);
       if (stream.state.counters.bytesAccepted > entry.bytesAcceptedReported && stream.readable) {
         entry.bytesAcceptedReported = stream.state.counters.bytesAccepted;
+        entry.carrierReadableTold = true;
+        deliver({ type: 'readable', socket: entry.id });
+      } else if (!entry.carrierReadableTold && carrier && carrier.pendingBytes(carried) > 0) {
+        entry.carrierReadableTold = true;
         deliver({ type: 'readable', socket: entry.id });
       }
-      if (entry.wantWritable && stream.writable) {
+      const carrierFree = carrier?.freeBytes(carried) ?? null;
+      if (entry.wantWritable && (carrierFree === null ? stream.writable : carrierFree > 0)) {
         entry.wantWritable = false;
         deliver({ type: 'writable', socket: entry.id });
       }
@@ -484,12 +518,15 @@ export class Netstack {
       lingerUntilMs: null,
       bytesRead: 0,
       bytesWritten: 0,
+      carrierReadableTold: false,
+      parkedFinOffset: null,
     });
     this.streams.set(id, stream);
     return id;
   }
 
   private forget(entry: SocketEntry): void {
+    this.components.carrier?.forget(this.carried(entry));
     this.state.sockets = this.state.sockets.filter((e) => e !== entry);
     this.streams.delete(entry.id);
     this.state.freeSlots.push(entry.slot);

@@ -570,6 +570,76 @@ export class StreamConnection {
     }
   }
 
+  // ---- a carrier that owns its in-flight bytes (a XENVMC FIFO) ------------------------------
+  //
+  // A shared-memory channel bypasses the socket buffers, as XenVMC's data path does: the
+  // program's bytes go straight into the FIFO and come straight out of it, so channel traffic
+  // dirties no guest page. While the channel carries a direction, the FIFO holds that
+  // direction's in-flight bytes, and the stream counts them as acknowledged; when the channel
+  // goes away, the sender takes back what the receiver never read (`reclaim`) and netfront
+  // resends it from the receiver's consumed offset.
+
+  /** True when nothing is in flight on netfront: a channel may take over this direction. */
+  get sendQuiescent(): boolean {
+    const state = this.state;
+    return (
+      state.phase === 'established' &&
+      state.sendFinOffset === null &&
+      state.sendAcked === state.sendWritten &&
+      state.sendNext === state.sendWritten
+    );
+  }
+
+  /** True when every received byte has been read: channel bytes may be handed out in order. */
+  get receiveQuiescent(): boolean {
+    const state = this.state;
+    return state.receiveRead === state.receiveNext && state.receiveFinOffset === null;
+  }
+
+  /** Sender: a carrier took `count` new bytes of the program's (at offset `sendWritten`). */
+  sentByCarrier(count: number): void {
+    const state = this.state;
+    assert(this.sendQuiescent, 'a carrier may only take bytes when nothing is in flight');
+    state.sendWritten += count;
+    state.sendNext = state.sendWritten;
+    state.sendHighest = Math.max(state.sendHighest, state.sendWritten);
+    state.sendAcked = state.sendWritten;
+    state.peerWindowEnd = Math.max(state.peerWindowEnd, state.sendWritten);
+    state.counters.bytesTransmitted += count;
+  }
+
+  /** Receiver: a carrier handed the program `count` bytes at offset `receiveNext`. */
+  receivedByCarrier(count: number): void {
+    const state = this.state;
+    assert(this.receiveQuiescent, 'carrier bytes must come after every netfront byte was read');
+    state.receiveNext += count;
+    state.receiveRead += count;
+    state.counters.bytesAccepted += count;
+    // The window we advertised grew with what the program read.
+    state.ackOwed = true;
+  }
+
+  /**
+   * Sender, when a channel is torn down: `bytes` were written at `fromOffset` (up to
+   * `sendWritten`) but never read by the receiver. They go back into the send buffer, and
+   * netfront resends from `fromOffset` (go-back-N).
+   */
+  reclaim(fromOffset: number, bytes: Uint8Array): void {
+    const state = this.state;
+    assert.equal(fromOffset + bytes.byteLength, state.sendWritten, 'reclaim ends at sendWritten');
+    assert(
+      bytes.byteLength <= state.sendBuffer.capacityBytes,
+      'reclaimed bytes fit the send buffer',
+    );
+    if (bytes.byteLength > 0) this.sendBuffer.writeAt(fromOffset, bytes);
+    state.sendAcked = Math.min(state.sendAcked, fromOffset);
+    state.sendNext = fromOffset;
+    state.retransmitDeadlineMs = null;
+    state.retransmitTimeoutMs = RETRANSMIT_TIMEOUT_MS_MIN;
+    state.probeOwed = true;
+    state.ackOwed = true;
+  }
+
   // ---- internals ----------------------------------------------------------------------------
 
   private dispatch(frame: Frame): void {

@@ -5,6 +5,13 @@
  */
 import type { ProgramSpec } from '../guest/kernel.ts';
 import type { SharedGuestMemory } from '../memory/guest-memory.ts';
+import type {
+  CoResidentsNotice,
+  MigrationNotice,
+  XenvmcCall,
+  XenvmcMessageNotice,
+  XenvmcReply,
+} from '../xenvmc/protocol.ts';
 
 export interface DomainIdentity {
   domId: number;
@@ -29,8 +36,17 @@ export interface DomainThreadData {
   eventChannel: SharedArrayBuffer;
 }
 
-/** Notifications from Dom0 (no reply): frames on the RX ring, a peer that moved. */
-export type DomainNotification = { type: 'netRx' } | { type: 'peerMoved'; ip: number };
+/**
+ * Notifications from Dom0 (no reply): frames on the RX ring, a peer that moved, and the
+ * XENVMC module's notices and hypercall replies (src/xenvmc/protocol.ts).
+ */
+export type DomainNotification =
+  | { type: 'netRx' }
+  | { type: 'peerMoved'; ip: number }
+  | CoResidentsNotice
+  | XenvmcMessageNotice
+  | MigrationNotice
+  | XenvmcReply;
 
 export type DomainRequest =
   | { id: number; type: 'pause' }
@@ -39,18 +55,27 @@ export type DomainRequest =
   | { id: number; type: 'sync' }
   | { id: number; type: 'stats' }
   /** Incoming domains only: rebuild from the migrated state and run. */
-  | { id: number; type: 'restore'; guestState: Uint8Array };
+  | { id: number; type: 'restore'; guestState: Uint8Array }
+  /**
+   * xenvmc-suspend mode: cancel every shared-memory channel (falling back to netfront) before
+   * the final pause, as the released XenVMC and XenLoop code do on "suspend". Answered with
+   * `suspendReady` once every channel is torn down (or after a bounded wait).
+   */
+  | { id: number; type: 'prepareSuspend' };
 
 export type DomainReply =
   | { id: number; type: 'paused'; guestState: Uint8Array; guestStateBytes: number }
   | { id: number; type: 'resumed' }
   | { id: number; type: 'synced' }
+  | { id: number; type: 'suspendReady'; channelsCancelled: number }
   | {
       id: number;
       type: 'stats';
       guestTimeMs: number;
       programs: ProgramStatsRow[];
       net: Record<string, number> | null;
+      /** The XENVMC module: mode, counters, the CoResidents table, recent events. */
+      xenvmc: unknown;
     }
   | { id: number; type: 'failed'; code: string; message: string };
 
@@ -63,6 +88,8 @@ export interface ProgramStatsRow {
 /** Unsolicited messages from the guest. */
 export type DomainEvent =
   | { type: 'ready' }
+  /** A XENVMC hypercall (grant, map, event channel, message relay); Dom0 answers it. */
+  | XenvmcCall
   /** The guest put frames on its TX ring or freed RX slots (the event channel). */
   | { type: 'netTx' }
   | { type: 'log'; message: string }

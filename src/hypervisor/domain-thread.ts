@@ -9,8 +9,11 @@ import { decodeGuestState, encodeGuestState } from '../guest/guest-state.ts';
 import { GuestKernel } from '../guest/kernel.ts';
 import type { ProgramFactory } from '../guest/program.ts';
 import { GuestMemory } from '../memory/guest-memory.ts';
+import { ipToU32 } from '../net/frame.ts';
 import { dirtierFactory } from '../workloads/dirtier.ts';
+import { netbenchFactory } from '../workloads/netbench.ts';
 import { streamerFactory } from '../workloads/streamer.ts';
+import { XenvmcModule } from '../xenvmc/module.ts';
 import type {
   DomainEvent,
   DomainNotification,
@@ -28,10 +31,24 @@ const post = (message: DomainReply | DomainEvent): void => port.postMessage(mess
 const factories = new Map<string, ProgramFactory>([
   [dirtierFactory.kind, dirtierFactory as ProgramFactory],
   [streamerFactory.kind, streamerFactory as ProgramFactory],
+  [netbenchFactory.kind, netbenchFactory as ProgramFactory],
 ]);
 
 const memory = GuestMemory.attach(data.memory);
 const eventChannel = new EventChannel(data.eventChannel);
+// The XENVMC module hooks the socket layer as the guest's carrier for co-resident peers; it
+// does nothing until Dom0 says the host runs a mode other than 'off'.
+const xenvmc = new XenvmcModule({
+  identity: {
+    domId: data.identity.domId,
+    ip: data.identity.ip === null ? null : ipToU32(data.identity.ip),
+    tenant: data.identity.tenant,
+  },
+  post: (call) => port.postMessage(call),
+  kick: () => kernel.onNetworkEvent(),
+  wallNowMs: () => Date.now(),
+  log: (message) => post({ type: 'log', message }),
+});
 const kernel = new GuestKernel({
   memory,
   clock: realClock,
@@ -50,7 +67,11 @@ const kernel = new GuestKernel({
       if (eventChannel.raise('toDom0')) post({ type: 'netTx' });
     },
   },
+  carrier: xenvmc,
 });
+
+/** xenvmc-suspend: how long the suspend may wait for peers to release channels. */
+const SUSPEND_WAIT_MS_MAX = 2000;
 
 port.on('message', (request: DomainRequest | DomainNotification) => {
   if (request.type === 'netRx') {
@@ -60,6 +81,27 @@ port.on('message', (request: DomainRequest | DomainNotification) => {
   }
   if (request.type === 'peerMoved') {
     kernel.onPeerMoved(request.ip);
+    return;
+  }
+  if (
+    request.type === 'coResidents' ||
+    request.type === 'xenvmcMessage' ||
+    request.type === 'migration' ||
+    request.type === 'xenvmcReply'
+  ) {
+    xenvmc.onNotice(request);
+    return;
+  }
+  if (request.type === 'prepareSuspend') {
+    let answered = false;
+    const answer = (channelsCancelled: number): void => {
+      if (answered) return;
+      answered = true;
+      post({ id: request.id, type: 'suspendReady', channelsCancelled });
+    };
+    setTimeout(() => answer(-1), SUSPEND_WAIT_MS_MAX).unref();
+    xenvmc.prepareSuspend(answer);
+    kernel.onNetworkEvent();
     return;
   }
   try {
@@ -93,6 +135,12 @@ port.on('message', (request: DomainRequest | DomainNotification) => {
           guestTimeMs: kernel.guestNowMs(),
           programs: kernel.programStats(),
           net: kernel.netCounters(),
+          xenvmc: {
+            mode: xenvmc.state.mode,
+            counters: xenvmc.state.counters,
+            coResidents: xenvmc.table(),
+            events: xenvmc.state.events.slice(-32),
+          },
         });
         break;
     }

@@ -1,0 +1,505 @@
+/**
+ * Goal: the XENVMC module carries co-resident streams over shared-memory FIFOs transparently
+ * (same bytes in every mode), keeps every byte exactly once when a channel is cancelled at any
+ * moment (xenvmc, xenvmc-suspend) or kept through a migration and finished by `finish_mig`
+ * (advance), and dirties no socket-buffer page while the channel carries the traffic.
+ * Method: two guest network stacks with XENVMC modules in one thread, and a small Dom0 in the
+ * test (grant table, message relay, event channels, netfront switching, the publisher's
+ * notices); fast-check (fixed seed) picks sizes and the moments of cancels and migrations.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { crc32 } from 'node:zlib';
+import fc from 'fast-check';
+import { Netstack, type NetstackState, netfrontPlacement } from '../guest/netstack.ts';
+import type { GuestNet, SocketEvent, SocketId } from '../guest/socket-api.ts';
+import { GuestMemory } from '../memory/guest-memory.ts';
+import { defaultLayout } from '../memory/layout.ts';
+import { ipToU32 } from '../net/frame.ts';
+import { NetfrontRing } from '../net/netfront-ring.ts';
+import { XenvmcModule, type XenvmcState } from './module.ts';
+import type { PeerRecord, XenvmcCall, XenvmcMode, XenvmcReply } from './protocol.ts';
+
+const PORT = 25;
+
+interface Guest {
+  name: string;
+  domId: number;
+  ip: string;
+  tenant: string;
+  memory: GuestMemory;
+  stack: Netstack;
+  xenvmc: XenvmcModule;
+  net: GuestNet;
+  tx: NetfrontRing;
+  rx: NetfrontRing;
+  events: SocketEvent[];
+  socket: SocketId | null;
+  paused: boolean;
+  seed: number;
+  toSend: number;
+  sent: number;
+  sendCrc: number;
+  received: number;
+  receiveCrc: number;
+  ended: boolean;
+  peerEnded: boolean;
+}
+
+/** A fake event-channel end: `postMessage` runs the other end's listener at the next pump. */
+class FakePort {
+  peer: FakePort | null = null;
+  listener: (() => void) | null = null;
+  closed = false;
+  readonly queue: (() => void)[];
+  constructor(queue: (() => void)[]) {
+    this.queue = queue;
+  }
+  on(_event: 'message', listener: () => void): void {
+    this.listener = listener;
+  }
+  postMessage(): void {
+    const peer = this.peer;
+    if (peer && !peer.closed) this.queue.push(() => peer.listener?.());
+  }
+  close(): void {
+    this.closed = true;
+  }
+}
+
+class World {
+  nowMs = 0;
+  readonly guests: Guest[] = [];
+  readonly queue: (() => void)[] = [];
+  grants = new Map<
+    number,
+    { region: SharedArrayBuffer; granter: number; grantee: number; released: Set<number> }
+  >();
+  ports = new Map<number, { owner: number; peer: number; ends: [FakePort, FakePort] }>();
+  nextRef = 1;
+  mode: XenvmcMode;
+
+  constructor(mode: XenvmcMode) {
+    this.mode = mode;
+  }
+
+  add(name: string, domId: number, ip: string, toSend: number, tenant = 'mail'): Guest {
+    const guest = {
+      name,
+      domId,
+      ip,
+      tenant,
+      events: [],
+      socket: null,
+      paused: false,
+      seed: domId,
+    } as unknown as Guest;
+    Object.assign(guest, {
+      toSend,
+      sent: 0,
+      sendCrc: 0,
+      received: 0,
+      receiveCrc: 0,
+      ended: false,
+      peerEnded: false,
+    });
+    guest.memory = GuestMemory.create(defaultLayout(4096));
+    this.boot(guest, null);
+    this.guests.push(guest);
+    return guest;
+  }
+
+  /** Builds a guest's kernel pieces, fresh or from saved state (after a migration). */
+  boot(guest: Guest, saved: { net: NetstackState; xenvmc: XenvmcState } | null): void {
+    guest.xenvmc = new XenvmcModule({
+      identity: { domId: guest.domId, ip: ipToU32(guest.ip), tenant: guest.tenant },
+      post: (call) => this.hypercall(guest, call),
+      kick: () => {},
+      wallNowMs: () => this.nowMs,
+      log: () => {},
+    });
+    if (saved) guest.xenvmc.loadState(saved.xenvmc);
+    const components = {
+      memory: guest.memory,
+      nowMs: () => this.nowMs,
+      notifyBackend: () => {},
+      deliver: (_programId: number, event: SocketEvent) => guest.events.push(event),
+      setTimer: () => {},
+      carrier: guest.xenvmc,
+    };
+    guest.stack = saved
+      ? Netstack.restore(components, saved.net)
+      : Netstack.boot(components, { ip: guest.ip, seed: guest.domId });
+    guest.net = guest.stack.netFor(1);
+    const placement = netfrontPlacement(guest.memory);
+    guest.tx = new NetfrontRing(guest.memory, { address: placement.txAddress });
+    guest.rx = new NetfrontRing(guest.memory, { address: placement.rxAddress });
+  }
+
+  /** The VM State Publisher: each guest hears of the others (same host). */
+  publish(
+    event: 'snapshot' | 'migrating' | 'migratedOut' | 'migrationAborted',
+    subject: Guest | null,
+  ): void {
+    for (const guest of this.guests) {
+      if (guest.paused) continue;
+      const peers: PeerRecord[] = this.guests
+        .filter((g) => g !== guest && !(event === 'migratedOut' && g === subject))
+        .map((g) => ({
+          domId: g.domId,
+          ip: ipToU32(g.ip),
+          tenant: g.tenant,
+          migrating: event === 'migrating' && g === subject,
+        }));
+      guest.xenvmc.onNotice({
+        type: 'coResidents',
+        mode: this.mode,
+        event,
+        subject: subject
+          ? {
+              domId: subject.domId,
+              ip: ipToU32(subject.ip),
+              tenant: subject.tenant,
+              migrating: event === 'migrating',
+            }
+          : null,
+        peers,
+      });
+    }
+  }
+
+  private reply(guest: Guest, reply: XenvmcReply): void {
+    guest.xenvmc.onNotice(reply);
+  }
+
+  /** Dom0's hypercalls: grant table, event channels, message relay (same-tenant policy). */
+  private hypercall(guest: Guest, call: XenvmcCall): void {
+    const fail = (
+      code: 'XENVMC_DENIED' | 'XENVMC_NO_PEER' | 'XENVMC_NOT_GRANTED',
+      message: string,
+    ) => this.reply(guest, { type: 'xenvmcReply', id: call.id, ok: false, code, message });
+    const peerOf = (domId: number) => this.guests.find((g) => g.domId === domId && !g.paused);
+    switch (call.op) {
+      case 'grant': {
+        const peer = peerOf(call.peerDomId);
+        if (!peer) return fail('XENVMC_NO_PEER', 'no peer');
+        if (peer.tenant !== guest.tenant) return fail('XENVMC_DENIED', 'tenant');
+        const grantRef = this.nextRef++;
+        const region = new SharedArrayBuffer(call.bytes);
+        this.grants.set(grantRef, {
+          region,
+          granter: guest.domId,
+          grantee: peer.domId,
+          released: new Set(),
+        });
+        return this.reply(guest, { type: 'xenvmcReply', id: call.id, ok: true, grantRef, region });
+      }
+      case 'map': {
+        const grant = this.grants.get(call.grantRef);
+        if (!grant || grant.grantee !== guest.domId)
+          return fail('XENVMC_NOT_GRANTED', 'not granted');
+        return this.reply(guest, {
+          type: 'xenvmcReply',
+          id: call.id,
+          ok: true,
+          region: grant.region,
+        });
+      }
+      case 'release': {
+        const grant = this.grants.get(call.grantRef);
+        grant?.released.add(guest.domId);
+        if (grant && grant.released.has(grant.granter) && grant.released.has(grant.grantee))
+          this.grants.delete(call.grantRef);
+        return this.reply(guest, { type: 'xenvmcReply', id: call.id, ok: true });
+      }
+      case 'evtchnAlloc': {
+        const port = this.nextRef++;
+        const ends: [FakePort, FakePort] = [new FakePort(this.queue), new FakePort(this.queue)];
+        ends[0].peer = ends[1];
+        ends[1].peer = ends[0];
+        this.ports.set(port, { owner: guest.domId, peer: call.peerDomId, ends });
+        return this.reply(guest, {
+          type: 'xenvmcReply',
+          id: call.id,
+          ok: true,
+          port,
+          endpoint: ends[0] as never,
+        });
+      }
+      case 'evtchnBind': {
+        const channel = this.ports.get(call.port);
+        if (!channel || channel.peer !== guest.domId)
+          return fail('XENVMC_NOT_GRANTED', 'not yours');
+        return this.reply(guest, {
+          type: 'xenvmcReply',
+          id: call.id,
+          ok: true,
+          endpoint: channel.ends[1] as never,
+        });
+      }
+      case 'evtchnClose':
+        this.ports.delete(call.port);
+        return this.reply(guest, { type: 'xenvmcReply', id: call.id, ok: true });
+      case 'send': {
+        const peer = peerOf(call.peerDomId);
+        if (!peer) return fail('XENVMC_NO_PEER', 'gone');
+        this.queue.push(() =>
+          peer.xenvmc.onNotice({
+            type: 'xenvmcMessage',
+            fromDomId: guest.domId,
+            message: call.message,
+          }),
+        );
+        return this.reply(guest, { type: 'xenvmcReply', id: call.id, ok: true });
+      }
+    }
+  }
+
+  switchFrames(): void {
+    const [a, b] = this.guests as [Guest, Guest];
+    for (const [from, to] of [
+      [a, b],
+      [b, a],
+    ] as const) {
+      if (from.paused) continue;
+      for (const frame of from.tx.popMany()) if (!to.paused) to.rx.tryPush(frame);
+    }
+  }
+
+  runQueue(): void {
+    for (let i = 0; i < 100 && this.queue.length > 0; i++) this.queue.shift()!();
+  }
+}
+
+function streamBytes(seed: number, offset: number, length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  for (let i = 0; i < length; i++) {
+    const o = offset + i;
+    let x = Math.imul((o >>> 2) ^ seed, 0x9e3779b1);
+    x ^= x >>> 15;
+    x = Math.imul(x, 0x85ebca77);
+    out[i] = (x >>> ((o & 3) * 8)) & 0xff;
+  }
+  return out;
+}
+
+function runProgram(guest: Guest, chunkBytes: number): void {
+  if (guest.paused) return;
+  guest.stack.poll();
+  for (const event of guest.events.splice(0)) {
+    if (event.type === 'connected' || event.type === 'accepted') guest.socket = event.socket;
+    if (event.type === 'end') guest.peerEnded = true;
+    if (event.type === 'error') assert.fail(`${guest.name} saw ${event.code}: ${event.message}`);
+  }
+  const socket = guest.socket;
+  if (socket === null) return;
+  for (;;) {
+    const bytes = guest.net.read(socket, 65536);
+    if (bytes.byteLength === 0) break;
+    guest.received += bytes.byteLength;
+    guest.receiveCrc = crc32(bytes, guest.receiveCrc);
+  }
+  for (let writes = 0; writes < 16 && guest.sent < guest.toSend; writes++) {
+    const size = Math.min(chunkBytes, guest.toSend - guest.sent);
+    const chunk = streamBytes(guest.seed, guest.sent, size);
+    const taken = guest.net.write(socket, chunk);
+    guest.sent += taken;
+    guest.sendCrc = crc32(chunk.subarray(0, taken), guest.sendCrc);
+    if (taken < size) break;
+  }
+  if (guest.sent >= guest.toSend && !guest.ended) {
+    guest.ended = true;
+    guest.net.end(socket);
+  }
+  guest.stack.poll();
+}
+
+interface Run {
+  a: Guest;
+  b: Guest;
+  world: World;
+}
+
+function exchange(
+  mode: XenvmcMode,
+  options: {
+    bytesA: number;
+    bytesB: number;
+    chunk: number;
+    tenantB?: string;
+    steps?: (world: World, step: number, run: Run) => void;
+  },
+): Run {
+  const world = new World(mode);
+  const a = world.add('a', 1, '10.77.0.1', options.bytesA);
+  const b = world.add('b', 2, '10.77.0.2', options.bytesB, options.tenantB ?? 'mail');
+  world.publish('snapshot', null);
+  b.net.listen(PORT);
+  a.socket = a.net.connect('10.77.0.2', PORT);
+  const run = { a, b, world };
+  for (let step = 0; step < 30_000; step++) {
+    world.nowMs += 1;
+    options.steps?.(world, step, run);
+    runProgram(a, options.chunk);
+    runProgram(b, options.chunk);
+    world.switchFrames();
+    world.runQueue();
+    if (a.ended && b.ended && a.peerEnded && b.peerEnded) break;
+  }
+  const context = JSON.stringify({
+    mode,
+    a: a.received,
+    b: b.received,
+    toA: b.toSend,
+    toB: a.toSend,
+    xa: a.xenvmc.state.counters,
+    xb: b.xenvmc.state.counters,
+  });
+  assert.ok(a.peerEnded && b.peerEnded, `both ends saw the end: ${context}`);
+  assert.equal(b.received, a.toSend, `a -> b bytes: ${context}`);
+  assert.equal(a.received, b.toSend, `b -> a bytes: ${context}`);
+  assert.equal(b.receiveCrc, a.sendCrc, `a -> b digest: ${context}`);
+  assert.equal(a.receiveCrc, b.sendCrc, `b -> a digest: ${context}`);
+  if (process.env.XENVMC_TRACE) process.stderr.write(`${context}\n`);
+  return run;
+}
+
+/** Pauses `guest` and brings it back "on another host": memory copied, no channel runtime. */
+function migrate(world: World, guest: Guest): void {
+  guest.paused = true;
+  const saved = structuredClone({ net: guest.stack.state, xenvmc: guest.xenvmc.state });
+  const memory = GuestMemory.create(guest.memory.layout);
+  memory.bytes.set(guest.memory.bytes);
+  guest.memory = memory;
+  world.boot(guest, saved);
+  guest.paused = false;
+}
+
+interface MigrationScenario {
+  mode: XenvmcMode;
+  bytesA: number;
+  bytesB: number;
+  chunk: number;
+  at: number;
+  who: number;
+  downtimeSteps: number;
+  precopySteps: number;
+}
+
+function migrationScenario({
+  mode,
+  bytesA,
+  bytesB,
+  chunk,
+  at,
+  who,
+  downtimeSteps,
+  precopySteps,
+}: MigrationScenario): void {
+  let resumeAt = -1;
+  exchange(mode, {
+    bytesA,
+    bytesB,
+    chunk,
+    steps: (world, step, run) => {
+      const moving = who === 0 ? run.a : run.b;
+      if (step === at) {
+        // The migration starts: the mode decides what happens to the channel.
+        world.publish('migrating', moving);
+        moving.xenvmc.onNotice({ type: 'migration', phase: 'started' });
+        if (mode === 'xenvmc-suspend') moving.xenvmc.prepareSuspend(() => {});
+      }
+      if (step === at + precopySteps) {
+        migrate(world, moving);
+        moving.paused = true;
+        resumeAt = step + downtimeSteps;
+      }
+      if (step === resumeAt) {
+        moving.paused = false;
+        world.publish('migratedOut', moving);
+        moving.xenvmc.onNotice({ type: 'migration', phase: 'ended' });
+        const other = moving === run.a ? run.b : run.a;
+        other.stack.rewindAll(ipToU32(moving.ip));
+      }
+    },
+  });
+}
+
+describe('XENVMC module', () => {
+  it('carries a co-resident stream over the channel, the same bytes in every mode', () => {
+    const digests = new Set<string>();
+    for (const mode of ['off', 'xenvmc', 'xenvmc-suspend', 'advance'] as const) {
+      const { a, b } = exchange(mode, { bytesA: 2_000_000, bytesB: 700_000, chunk: 65536 });
+      digests.add(`${b.receiveCrc}/${a.receiveCrc}`);
+      const channel =
+        a.xenvmc.state.counters.channelBytesReceived + b.xenvmc.state.counters.channelBytesReceived;
+      if (mode === 'off') assert.equal(channel, 0, 'off never uses a channel');
+      else
+        assert.ok(channel > 2_000_000, `${mode}: most bytes went through the channel (${channel})`);
+    }
+    assert.equal(digests.size, 1, 'identical bytes delivered in all four modes');
+  });
+
+  it('never sets up a channel between different tenants', () => {
+    const { a, b } = exchange('advance', {
+      bytesA: 100_000,
+      bytesB: 100_000,
+      chunk: 4096,
+      tenantB: 'other',
+    });
+    assert.equal(
+      a.xenvmc.state.counters.channelsSetUp + b.xenvmc.state.counters.channelsSetUp,
+      0,
+      'no channel',
+    );
+  });
+
+  it('dirties no socket-buffer page while the channel carries the traffic', () => {
+    const { a, b, world } = exchange('xenvmc', {
+      bytesA: 3_000_000,
+      bytesB: 0,
+      chunk: 65536,
+      steps: (_world, step, run) => {
+        if (step === 200) {
+          run.a.memory.setLogDirty(true);
+          run.b.memory.setLogDirty(true);
+        }
+      },
+    });
+    void world;
+    const dirtyA = a.memory.countByRegion(a.memory.peekAndClean());
+    const dirtyB = b.memory.countByRegion(b.memory.peekAndClean());
+    assert.ok(
+      dirtyA.sockbuf + dirtyB.sockbuf <= 4,
+      `sockbuf pages dirtied: ${dirtyA.sockbuf} + ${dirtyB.sockbuf}`,
+    );
+  });
+
+  it('keeps every byte exactly once when the channel is cancelled or migrated at random moments', () => {
+    fc.assert(
+      fc.property(
+        fc.record({
+          mode: fc.constantFrom<XenvmcMode>('xenvmc', 'xenvmc-suspend', 'advance'),
+          bytesA: fc.integer({ min: 0, max: 4_000_000 }),
+          bytesB: fc.integer({ min: 0, max: 4_000_000 }),
+          chunk: fc.constantFrom(100, 4096, 65536, 300_000),
+          at: fc.integer({ min: 0, max: 40 }),
+          who: fc.constantFrom(0, 1),
+          downtimeSteps: fc.integer({ min: 0, max: 20 }),
+          precopySteps: fc.integer({ min: 0, max: 12 }),
+        }),
+        migrationScenario,
+      ),
+      {
+        seed: 20261125,
+        numRuns: 40,
+        ...(process.env.XENVMC_PATH ? { path: process.env.XENVMC_PATH } : {}),
+      },
+    );
+  });
+});
+
+if (process.env.XENVMC_CASE) {
+  it('replays XENVMC_CASE', () =>
+    migrationScenario(JSON.parse(process.env.XENVMC_CASE!) as MigrationScenario));
+}

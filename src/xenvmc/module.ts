@@ -1,0 +1,701 @@
+/**
+ * The guest side of XENVMC, the paper's six modules in one kernel module (§9), with the
+ * Advance-XENVMC modification (§10):
+ *
+ * - VM State Publisher client: keeps this guest's `CoResidents` table (the paper's `VMs[]`)
+ *   from Dom0's notices;
+ * - System Call Analyzer: the `StreamCarrier` hook the socket layer calls on every write and
+ *   read; a stream to a co-resident peer of the same tenant gets a channel, others keep
+ *   netfront, and the program cannot tell;
+ * - Connection Manager: a `Connection` (the paper's `conn_t`) per stream, set up with the
+ *   paper's handshake (region granted, event channel allocated, offer sent through the
+ *   message manager, peer maps, binds and answers ready) and torn down in order;
+ * - Data Transfer Manager: two `SharedFifo`s per connection in the granted region (one per
+ *   direction); the program's bytes go straight in and out of them (no socket buffer);
+ * - Event and Message Manager: hypercalls to Dom0, messages relayed by Dom0, and an event
+ *   channel (a MessagePort pair) per connection for "data ready" and "room free";
+ * - Live Migration Assistant: the modes. `xenvmc` cancels a connection as soon as either end
+ *   starts migrating; `xenvmc-suspend` cancels at the final pause; `advance` keeps it through
+ *   pre-copy and runs `finish_mig` when the migration ends.
+ *
+ * Exactly-once (principle 2): a channel direction starts only when nothing is in flight on
+ * netfront (its base is the sender's written offset); at tear-down the reader stops and its
+ * consumed offset is final, and the sender takes back what was never read and resends it over
+ * netfront from that offset. In Advance mode the peer that stays behind does the same once
+ * its partner is gone: it drains what the departed domain wrote, and takes back what the
+ * departed domain never read.
+ *
+ * State: the `XenvmcState` is plain data and travels in the GuestState; the shared regions,
+ * FIFO objects and event-channel ports are not (the regions are not guest memory), so after a
+ * migration the migrated side's connections have no runtime left: that is how it knows to run
+ * its half of `finish_mig`.
+ */
+import type { MessagePort } from 'node:worker_threads';
+import type { CarriedStream, CarrierModule } from '../guest/carrier.ts';
+import type { StreamConnection } from '../guest/stream.ts';
+import { u32ToIp } from '../net/frame.ts';
+import { fifoBytesNeeded, SharedFifo } from './fifo.ts';
+import type {
+  ChannelKey,
+  ChannelMessage,
+  CoResidentsNotice,
+  MigrationNotice,
+  PeerRecord,
+  XenvmcCall,
+  XenvmcMessageNotice,
+  XenvmcMode,
+  XenvmcReply,
+} from './protocol.ts';
+
+/**
+ * Data bytes per direction, at most: XenLoop used 64 KiB, XenVMC's release 512 KiB. A channel
+ * uses the largest power of two that also fits both ends' send buffers, so that whatever a
+ * tear-down takes back always fits in the sender's socket buffer.
+ */
+export const CHANNEL_FIFO_BYTES_MAX = 256 * 1024;
+
+/** The FIFO size a stream's buffers allow (a power of two, at most the maximum). */
+function fifoBytesFor(stream: StreamConnection): number {
+  const limit = Math.min(CHANNEL_FIFO_BYTES_MAX, stream.state.sendBuffer.capacityBytes);
+  return 2 ** Math.floor(Math.log2(limit));
+}
+/** XENVMC events kept for the statistics (bounded). */
+const EVENT_LOG_MAX = 256;
+
+export type ConnectionPhase = 'offering' | 'accepting' | 'ready' | 'cancelling' | 'finishing';
+
+/** The paper's `conn_t`: one stream's channel between this domain and a co-resident peer. */
+export interface Connection {
+  keyText: string;
+  key: ChannelKey;
+  socket: number;
+  peerDomId: number;
+  peerIp: number;
+  role: 'offerer' | 'accepter';
+  phase: ConnectionPhase;
+  grantRef: number | null;
+  port: number | null;
+  /** Data bytes of each direction's FIFO. */
+  fifoBytes: number;
+  /** Our outgoing FIFO has been created (this direction is on the channel). */
+  sending: boolean;
+  /** Our outgoing direction's unread bytes were taken back (tear-down, or finish_mig). */
+  reclaimed: boolean;
+  /** Our incoming direction is finished with (reader acknowledged, or drained after the peer left). */
+  receiveDone: boolean;
+  bytesSent: number;
+  bytesReceived: number;
+}
+
+export interface CoResident extends PeerRecord {
+  /** Keys of our connections with this peer (the paper's per-VM hash table). */
+  connections: string[];
+}
+
+export interface XenvmcCounters {
+  channelsSetUp: number;
+  channelsRefused: number;
+  channelsCancelled: number;
+  channelsFinished: number;
+  channelBytesSent: number;
+  channelBytesReceived: number;
+  /** Bytes written into a channel, never read there, and resent over netfront. */
+  reclaimedBytes: number;
+  /** Of those, the ones resent by `finish_mig` (Advance mode, after a migration). */
+  finishMigBytes: number;
+}
+
+export interface XenvmcEvent {
+  atMs: number;
+  what: string;
+}
+
+export interface XenvmcState {
+  mode: XenvmcMode;
+  migrating: boolean;
+  coResidents: PeerRecord[];
+  connections: Connection[];
+  counters: XenvmcCounters;
+  events: XenvmcEvent[];
+}
+
+interface Runtime {
+  region: SharedArrayBuffer;
+  out: SharedFifo | null;
+  in: SharedFifo | null;
+  endpoint: MessagePort | null;
+}
+
+type CallBody = XenvmcCall extends infer C
+  ? C extends XenvmcCall
+    ? Omit<C, 'id' | 'type'>
+    : never
+  : never;
+
+export interface XenvmcComponents {
+  /** This domain, as Dom0 knows it on this host. */
+  identity: { domId: number; ip: number | null; tenant: string };
+  /** Posts a hypercall to Dom0 (with `type` and `id` filled in). */
+  post: (call: XenvmcCall) => void;
+  /** Asks the kernel to poll (something changed outside a guest event). */
+  kick: () => void;
+  /** Wall-clock ms, for the event log. */
+  wallNowMs: () => number;
+  log: (line: string) => void;
+}
+
+export class XenvmcModule implements CarrierModule {
+  readonly state: XenvmcState;
+  private readonly components: XenvmcComponents;
+  private readonly runtime = new Map<string, Runtime>();
+  private readonly calls = new Map<number, (reply: XenvmcReply) => void>();
+  private nextCallId = 1;
+  private suspendWaiter: ((cancelled: number) => void) | null = null;
+  private suspendCancelled = 0;
+
+  constructor(components: XenvmcComponents, state?: XenvmcState) {
+    this.components = components;
+    this.state = state ?? {
+      mode: 'off',
+      migrating: false,
+      coResidents: [],
+      connections: [],
+      counters: {
+        channelsSetUp: 0,
+        channelsRefused: 0,
+        channelsCancelled: 0,
+        channelsFinished: 0,
+        channelBytesSent: 0,
+        channelBytesReceived: 0,
+        reclaimedBytes: 0,
+        finishMigBytes: 0,
+      },
+      events: [],
+    };
+  }
+
+  saveState(): XenvmcState {
+    return this.state;
+  }
+
+  loadState(state: unknown): void {
+    Object.assign(this.state, state as XenvmcState);
+  }
+
+  // ---- notices from Dom0 -----------------------------------------------------------------------
+
+  onNotice(notice: CoResidentsNotice | XenvmcMessageNotice | MigrationNotice | XenvmcReply): void {
+    switch (notice.type) {
+      case 'xenvmcReply': {
+        const waiter = this.calls.get(notice.id);
+        this.calls.delete(notice.id);
+        waiter?.(notice);
+        break;
+      }
+      case 'coResidents':
+        this.onCoResidents(notice);
+        break;
+      case 'xenvmcMessage':
+        this.onMessage(notice.fromDomId, notice.message);
+        break;
+      case 'migration':
+        this.onMigration(notice.phase);
+        break;
+    }
+    this.components.kick();
+  }
+
+  /** xenvmc-suspend: tear every channel down, then answer (bounded by the caller's timeout). */
+  prepareSuspend(done: (cancelled: number) => void): void {
+    const live = this.state.connections.filter((c) => c.phase !== 'finishing');
+    this.suspendCancelled = live.length;
+    for (const connection of live)
+      this.cancel(connection, 'the domain is suspending (xenvmc-suspend)');
+    this.suspendWaiter = done;
+    this.checkSuspend();
+  }
+
+  /** The co-residency table as the paper keeps it: each peer with its connections. */
+  table(): CoResident[] {
+    return this.state.coResidents.map((peer) => ({
+      ...peer,
+      connections: this.state.connections.filter((c) => c.peerIp === peer.ip).map((c) => c.keyText),
+    }));
+  }
+
+  private onCoResidents(notice: CoResidentsNotice): void {
+    this.state.mode = notice.mode;
+    this.state.coResidents = notice.peers;
+    const subject = notice.subject;
+    if (!subject) return;
+    if (notice.event === 'migrating' && this.state.mode === 'xenvmc') {
+      this.cancelWithPeer(subject.ip, `peer ${u32ToIp(subject.ip)} started migrating (xenvmc)`);
+    }
+    if (notice.event === 'migratedOut' || notice.event === 'destroyed') {
+      // The peer left: finish our half of every connection with it (finish_mig / tear-down).
+      for (const connection of this.state.connections) {
+        if (connection.peerIp === subject.ip)
+          this.finish(connection, `peer ${u32ToIp(subject.ip)} ${notice.event}`);
+      }
+    }
+  }
+
+  private onMigration(phase: MigrationNotice['phase']): void {
+    if (phase === 'started') {
+      this.state.migrating = true;
+      this.record('migration started');
+      if (this.state.mode === 'xenvmc') {
+        for (const connection of [...this.state.connections])
+          this.cancel(connection, 'this domain started migrating (xenvmc)');
+      }
+    } else if (phase === 'aborted') {
+      this.state.migrating = false;
+      this.record('migration aborted');
+    } else {
+      // End-of-migration notice on the target: finish_mig for every connection left behind.
+      this.state.migrating = false;
+      this.record('migration ended');
+      for (const connection of [...this.state.connections]) {
+        if (!this.runtime.has(connection.keyText)) this.finishMigrated(connection);
+      }
+    }
+  }
+
+  // ---- the carrier hook (System Call Analyzer + Data Transfer Manager) --------------------------
+
+  write(carried: CarriedStream, bytes: Uint8Array): number | null {
+    const connection = this.connectionOf(carried);
+    if (!connection) return null;
+    const runtime = this.runtime.get(connection.keyText);
+    if (connection.phase === 'cancelling' || connection.phase === 'finishing') {
+      // Bytes already in the channel must be taken back before netfront may carry more.
+      return connection.sending && !connection.reclaimed ? 0 : null;
+    }
+    if (connection.phase !== 'ready' || !runtime) return connection.sending ? 0 : null;
+    if (!connection.sending) {
+      if (!carried.stream.sendQuiescent) return null;
+      runtime.out = SharedFifo.create(this.placement(runtime, connection, 'out'), {
+        baseOffset: carried.stream.state.sendWritten,
+      });
+      connection.sending = true;
+    }
+    if (runtime.out!.state !== 'open') {
+      // The peer stopped reading (it cancelled; its message may still be on its way).
+      this.cancel(connection, 'the peer closed the channel', false);
+      return 0;
+    }
+    const taken = runtime.out!.tryWrite(bytes);
+    if (taken > 0) {
+      carried.stream.sentByCarrier(taken);
+      connection.bytesSent += taken;
+      this.state.counters.channelBytesSent += taken;
+      if (runtime.out!.takeReceiverWaiting()) runtime.endpoint?.postMessage(0);
+    }
+    return taken;
+  }
+
+  read(carried: CarriedStream, maxBytes: number): Uint8Array {
+    const connection = this.connectionOf(carried);
+    const fifo = connection ? this.incoming(connection, carried.stream) : null;
+    if (!connection || !fifo || connection.receiveDone) return EMPTY;
+    const bytes = fifo.tryRead(maxBytes);
+    if (bytes.byteLength > 0) {
+      carried.stream.receivedByCarrier(bytes.byteLength);
+      connection.bytesReceived += bytes.byteLength;
+      this.state.counters.channelBytesReceived += bytes.byteLength;
+      if (fifo.takeSenderWaiting()) this.runtime.get(connection.keyText)?.endpoint?.postMessage(0);
+    }
+    return bytes;
+  }
+
+  pendingBytes(carried: CarriedStream): number {
+    const connection = this.connectionOf(carried);
+    const fifo =
+      connection && !connection.receiveDone ? this.incoming(connection, carried.stream) : null;
+    return fifo ? fifo.pendingBytes : 0;
+  }
+
+  freeBytes(carried: CarriedStream): number | null {
+    const connection = this.connectionOf(carried);
+    if (!connection || !connection.sending) return null;
+    if (connection.reclaimed) return null;
+    if (connection.phase !== 'ready') return 0;
+    return this.runtime.get(connection.keyText)?.out?.freeBytes ?? 0;
+  }
+
+  carrierOf(carried: CarriedStream): 'netfront' | 'xenvmc' {
+    const connection = this.connectionOf(carried);
+    return connection?.phase === 'ready' && connection.sending ? 'xenvmc' : 'netfront';
+  }
+
+  poll(streams: readonly CarriedStream[], _nowMs: number): void {
+    this.lastStreams = streams;
+    for (const connection of [...this.state.connections]) {
+      const carried = streams.find((s) => s.socket === connection.socket);
+      if (!carried) {
+        this.release(connection);
+        continue;
+      }
+      if (connection.phase === 'cancelling' || connection.phase === 'finishing')
+        this.progressTeardown(connection, carried.stream);
+    }
+    if (this.state.mode === 'off' || this.state.migrating || this.state.connections.length > 64)
+      return;
+    for (const carried of streams) this.analyze(carried);
+    this.checkSuspend();
+  }
+
+  forget(carried: CarriedStream): void {
+    const connection = this.connectionOf(carried);
+    if (connection) this.release(connection);
+  }
+
+  // ---- System Call Analyzer: does this stream deserve a channel? --------------------------------
+
+  private analyze(carried: CarriedStream): void {
+    const stream = carried.stream;
+    const s = stream.state;
+    if (s.role !== 'connector' || s.phase !== 'established' || this.connectionOf(carried)) return;
+    const peer = this.state.coResidents.find((p) => p.ip === s.remoteIp);
+    if (!peer || peer.migrating || peer.tenant !== this.components.identity.tenant) return;
+    this.offer(carried, peer);
+  }
+
+  // ---- Connection Manager: set-up ----------------------------------------------------------------
+
+  private offer(carried: CarriedStream, peer: PeerRecord): void {
+    const s = carried.stream.state;
+    const key: ChannelKey = {
+      offererIp: s.localIp,
+      offererPort: s.localPort,
+      accepterIp: s.remoteIp,
+      accepterPort: s.remotePort,
+      nonce: s.nonce,
+    };
+    const fifoBytes = fifoBytesFor(carried.stream);
+    const connection = this.newConnection(key, carried.socket, peer, 'offerer', fifoBytes);
+    const bytes = 2 * fifoStride(fifoBytes);
+    this.call({ op: 'grant', peerDomId: peer.domId, bytes }, (grant) => {
+      if (!grant.ok || !grant.region || grant.grantRef === undefined)
+        return this.abandon(connection, grant);
+      connection.grantRef = grant.grantRef;
+      this.runtime.set(connection.keyText, {
+        region: grant.region,
+        out: null,
+        in: null,
+        endpoint: null,
+      });
+      this.call({ op: 'evtchnAlloc', peerDomId: peer.domId }, (evtchn) => {
+        if (!evtchn.ok || !evtchn.endpoint || evtchn.port === undefined)
+          return this.abandon(connection, evtchn);
+        connection.port = evtchn.port;
+        this.bindEndpoint(connection, evtchn.endpoint);
+        this.send(peer.domId, {
+          kind: 'offer',
+          key,
+          granterDomId: this.components.identity.domId,
+          grantRef: grant.grantRef!,
+          port: evtchn.port,
+          fifoBytes,
+        });
+      });
+    });
+  }
+
+  private onMessage(fromDomId: number, message: ChannelMessage): void {
+    const keyText = keyToText(message.key);
+    const connection = this.state.connections.find((c) => c.keyText === keyText);
+    switch (message.kind) {
+      case 'offer':
+        return this.accept(fromDomId, message);
+      case 'ready':
+        if (connection?.phase === 'offering') {
+          connection.phase = 'ready';
+          this.state.counters.channelsSetUp++;
+          this.record(`channel ${keyText} ready`);
+        }
+        return;
+      case 'refuse':
+        if (connection) {
+          this.state.counters.channelsRefused++;
+          this.record(`channel ${keyText} refused: ${message.reason}`);
+          this.release(connection);
+        }
+        return;
+      case 'cancel':
+        if (connection) this.cancel(connection, `peer cancelled: ${message.reason}`, false);
+        return;
+    }
+  }
+
+  private accept(fromDomId: number, offer: Extract<ChannelMessage, { kind: 'offer' }>): void {
+    const key = offer.key;
+    const peer = this.state.coResidents.find((p) => p.domId === fromDomId);
+    const refuse = (reason: string): void => {
+      this.state.counters.channelsRefused++;
+      this.send(fromDomId, { kind: 'refuse', key, reason });
+    };
+    if (this.state.mode === 'off' || this.state.migrating)
+      return refuse(`mode ${this.state.mode}${this.state.migrating ? ', migrating' : ''}`);
+    if (!peer || peer.tenant !== this.components.identity.tenant)
+      return refuse('not a co-resident of the same tenant');
+    const socket = this.lastStreams.find(({ stream }) => {
+      const s = stream.state;
+      return (
+        s.localIp === key.accepterIp &&
+        s.localPort === key.accepterPort &&
+        s.remoteIp === key.offererIp &&
+        s.remotePort === key.offererPort &&
+        s.nonce === key.nonce
+      );
+    })?.socket;
+    if (socket === undefined) return refuse('no such stream');
+    const stream = this.lastStreams.find((c) => c.socket === socket)!.stream;
+    if (offer.fifoBytes > fifoBytesFor(stream) || offer.fifoBytes < 4096) {
+      return refuse(`a FIFO of ${offer.fifoBytes} B does not fit our socket buffers`);
+    }
+    const connection = this.newConnection(key, socket, peer, 'accepter', offer.fifoBytes);
+    this.call({ op: 'map', granterDomId: fromDomId, grantRef: offer.grantRef }, (mapped) => {
+      if (!mapped.ok || !mapped.region) {
+        refuse(mapped.ok ? 'no region' : mapped.message);
+        return this.abandon(connection, mapped);
+      }
+      connection.grantRef = offer.grantRef;
+      this.runtime.set(connection.keyText, {
+        region: mapped.region,
+        out: null,
+        in: null,
+        endpoint: null,
+      });
+      this.call({ op: 'evtchnBind', peerDomId: fromDomId, port: offer.port }, (bound) => {
+        if (!bound.ok || !bound.endpoint) {
+          refuse(bound.ok ? 'no endpoint' : bound.message);
+          return this.abandon(connection, bound);
+        }
+        connection.port = offer.port;
+        this.bindEndpoint(connection, bound.endpoint);
+        connection.phase = 'ready';
+        this.state.counters.channelsSetUp++;
+        this.record(`channel ${connection.keyText} ready`);
+        this.send(fromDomId, { kind: 'ready', key });
+      });
+    });
+  }
+
+  /** The streams of the last poll: where an offer finds its stream. */
+  private lastStreams: readonly CarriedStream[] = [];
+
+  // ---- Live Migration Assistant: tear-down and finish_mig -------------------------------------
+
+  /** Stops using a connection; both sides then hand their unread bytes back to netfront. */
+  private cancel(connection: Connection, reason: string, tellPeer = true): void {
+    if (connection.phase === 'cancelling' || connection.phase === 'finishing') return;
+    connection.phase = 'cancelling';
+    this.state.counters.channelsCancelled++;
+    this.record(`channel ${connection.keyText} cancelled: ${reason}`);
+    this.runtime.get(connection.keyText)?.out?.beginClose();
+    if (tellPeer) this.send(connection.peerDomId, { kind: 'cancel', key: connection.key, reason });
+  }
+
+  private cancelWithPeer(peerIp: number, reason: string): void {
+    for (const connection of [...this.state.connections]) {
+      if (connection.peerIp === peerIp) this.cancel(connection, reason);
+    }
+  }
+
+  /** The peer is gone (migrated out, destroyed): finish our half with the region we hold. */
+  private finish(connection: Connection, reason: string): void {
+    if (connection.phase === 'finishing') return;
+    connection.phase = 'finishing';
+    this.record(`finish_mig ${connection.keyText}: ${reason}`);
+  }
+
+  /**
+   * finish_mig on the migrated side: the region stayed on the old host, so there is nothing
+   * to read or take back here. What we wrote, the peer drains; what we did not read, the peer
+   * resends over netfront from our consumed offset. The connection just ends.
+   */
+  private finishMigrated(connection: Connection): void {
+    connection.reclaimed = true;
+    connection.receiveDone = true;
+    this.state.counters.channelsFinished++;
+    this.record(`finish_mig ${connection.keyText}: migrated, continuing over netfront`);
+    this.removeConnection(connection);
+  }
+
+  private progressTeardown(connection: Connection, stream: StreamConnection): void {
+    const runtime = this.runtime.get(connection.keyText);
+    if (!runtime) {
+      // Cancelled before the region arrived (set-up in flight): nothing was carried yet.
+      if (!connection.sending) return this.release(connection);
+      return;
+    }
+    const departed = connection.phase === 'finishing';
+    // Our incoming direction. Cancel: stop reading now, our consumed offset is final.
+    // finish_mig after the peer left: drain first (the writer is gone, it only shrinks).
+    const incoming = this.incoming(connection, stream, true);
+    if (!connection.receiveDone) {
+      if (!incoming) connection.receiveDone = true;
+      else if (!departed) {
+        if (incoming.state === 'open') incoming.beginClose();
+        if (incoming.state === 'closing') incoming.acknowledgeClose();
+        connection.receiveDone = true;
+        // The writer waits for this to take back what we never read: wake it.
+        runtime.endpoint?.postMessage(0);
+      } else if (incoming.pendingBytes === 0) connection.receiveDone = true;
+    }
+    // Our outgoing direction: once the reader's consumed offset is final, take back the rest.
+    if (!connection.reclaimed) {
+      const out = runtime.out;
+      if (!out) connection.reclaimed = true;
+      else if (departed || out.state === 'closed') {
+        const from = out.readOffset;
+        const leftover = out.peekRange(from, out.writeOffset - from);
+        stream.reclaim(from, leftover);
+        connection.reclaimed = true;
+        this.state.counters.reclaimedBytes += leftover.byteLength;
+        if (departed) this.state.counters.finishMigBytes += leftover.byteLength;
+        this.record(
+          `channel ${connection.keyText}: ${leftover.byteLength} unread bytes back to netfront from offset ${from}`,
+        );
+        this.components.kick();
+      }
+    }
+    if (connection.receiveDone && connection.reclaimed) {
+      if (departed) this.state.counters.channelsFinished++;
+      this.release(connection);
+    }
+  }
+
+  private release(connection: Connection): void {
+    const runtime = this.runtime.get(connection.keyText);
+    this.runtime.delete(connection.keyText);
+    runtime?.endpoint?.close();
+    if (connection.grantRef !== null && runtime)
+      this.call({ op: 'release', grantRef: connection.grantRef }, () => {});
+    if (connection.port !== null && connection.role === 'offerer' && runtime) {
+      this.call({ op: 'evtchnClose', port: connection.port }, () => {});
+    }
+    this.removeConnection(connection);
+  }
+
+  private removeConnection(connection: Connection): void {
+    this.state.connections = this.state.connections.filter((c) => c !== connection);
+    this.checkSuspend();
+  }
+
+  private checkSuspend(): void {
+    if (!this.suspendWaiter) return;
+    if (this.state.connections.some((c) => c.phase === 'cancelling')) return;
+    const done = this.suspendWaiter;
+    this.suspendWaiter = null;
+    done(this.suspendCancelled);
+  }
+
+  // ---- helpers --------------------------------------------------------------------------------
+
+  private newConnection(
+    key: ChannelKey,
+    socket: number,
+    peer: PeerRecord,
+    role: Connection['role'],
+    fifoBytes: number,
+  ): Connection {
+    const connection: Connection = {
+      keyText: keyToText(key),
+      key,
+      socket,
+      peerDomId: peer.domId,
+      peerIp: peer.ip,
+      role,
+      phase: role === 'offerer' ? 'offering' : 'accepting',
+      grantRef: null,
+      port: null,
+      fifoBytes,
+      sending: false,
+      reclaimed: false,
+      receiveDone: false,
+      bytesSent: 0,
+      bytesReceived: 0,
+    };
+    this.state.connections.push(connection);
+    return connection;
+  }
+
+  /** A set-up step failed: drop the connection (the stream keeps netfront). */
+  private abandon(connection: Connection, reply: XenvmcReply): void {
+    this.state.counters.channelsRefused++;
+    this.record(
+      `channel ${connection.keyText} not set up: ${reply.ok ? 'incomplete reply' : `${reply.code} ${reply.message}`}`,
+    );
+    this.release(connection);
+  }
+
+  private connectionOf(carried: CarriedStream): Connection | undefined {
+    return this.state.connections.find((c) => c.socket === carried.socket);
+  }
+
+  /** The FIFO we read, attached once its writer created it and our stream is aligned with it. */
+  private incoming(
+    connection: Connection,
+    stream: StreamConnection,
+    anyOffset = false,
+  ): SharedFifo | null {
+    const runtime = this.runtime.get(connection.keyText);
+    if (!runtime) return null;
+    if (!runtime.in) {
+      const placement = this.placement(runtime, connection, 'in');
+      if (!SharedFifo.isCreated(placement)) return null;
+      runtime.in = SharedFifo.attach(placement);
+    }
+    if (anyOffset) return runtime.in;
+    const fifo = runtime.in;
+    return stream.receiveQuiescent && stream.state.receiveNext === fifo.readOffset ? fifo : null;
+  }
+
+  private placement(runtime: Runtime, connection: Connection, direction: 'out' | 'in') {
+    // The offerer's outgoing FIFO comes first in the region, the accepter's second.
+    const offererFirst = (connection.role === 'offerer') === (direction === 'out');
+    return {
+      buffer: runtime.region,
+      byteOffset: offererFirst ? 0 : fifoStride(connection.fifoBytes),
+      capacityBytes: connection.fifoBytes,
+    };
+  }
+
+  private bindEndpoint(connection: Connection, endpoint: MessagePort): void {
+    const runtime = this.runtime.get(connection.keyText);
+    if (!runtime) {
+      endpoint.close();
+      return;
+    }
+    runtime.endpoint = endpoint;
+    endpoint.on('message', () => this.components.kick());
+  }
+
+  private call(body: CallBody, then: (reply: XenvmcReply) => void): void {
+    const id = this.nextCallId++;
+    this.calls.set(id, then);
+    this.components.post({ type: 'xenvmc', id, ...body } as XenvmcCall);
+  }
+
+  private send(peerDomId: number, message: ChannelMessage): void {
+    this.call({ op: 'send', peerDomId, message }, () => {});
+  }
+
+  private record(what: string): void {
+    this.state.events.push({ atMs: this.components.wallNowMs(), what });
+    if (this.state.events.length > EVENT_LOG_MAX) this.state.events.shift();
+    this.components.log(`xenvmc: ${what}`);
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+
+function fifoStride(capacityBytes: number): number {
+  return Math.ceil(fifoBytesNeeded(capacityBytes) / 64) * 64;
+}
+
+export function keyToText(key: ChannelKey): string {
+  return `${u32ToIp(key.offererIp)}:${key.offererPort}>${u32ToIp(key.accepterIp)}:${key.accepterPort}#${key.nonce}`;
+}
