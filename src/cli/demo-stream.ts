@@ -12,6 +12,7 @@ import { LocalCluster, type LocalHost } from '../experiments/local-cluster.ts';
 import type { DomainSummary } from '../hypervisor/host.ts';
 import type { MigrationStats } from '../migration/stats.ts';
 import { textTable } from '../report/table.ts';
+import type { XenvmcCounters } from '../xenvmc/module.ts';
 import { parseDurationMs } from './demo-migrate.ts';
 import { followMigration } from './migrate-command.ts';
 import { MigrationProgressDisplay } from './progress.ts';
@@ -50,8 +51,18 @@ interface StreamerStats {
   finishedMs: number;
 }
 
+interface XenvmcView {
+  mode: string;
+  counters: XenvmcCounters;
+  events: { atMs: number; what: string }[];
+}
+
 type DomainView = DomainSummary & {
-  stats: { programs: { stats: StreamerStats }[]; net: Record<string, number> | null } | null;
+  stats: {
+    programs: { stats: StreamerStats }[];
+    net: Record<string, number> | null;
+    xenvmc: XenvmcView | null;
+  } | null;
 };
 
 export interface DemoStreamResult {
@@ -62,6 +73,20 @@ export interface DemoStreamResult {
   bytesSent: number;
   bytesDelivered: number;
   digestsMatch: boolean;
+  /** Bytes delivered through XENVMC shared-memory channels (both directions). */
+  channelBytes: number;
+  /** Bytes that went over the netfront path, resent ones included. */
+  netfrontBytes: number;
+  /** Bytes finished over netfront by finish_mig after the migration (advance). */
+  finishMigBytes: number;
+  /** Bytes taken back from a channel at a tear-down and resent over netfront. */
+  reclaimedBytes: number;
+  channelsSetUp: number;
+  channelsCancelled: number;
+  /** Wall-clock ms from the migrate command to the first channel cancel or finish_mig. */
+  channelCancelledAfterMs: number | null;
+  channelEvents: string[];
+  migratingDomainSentByRegion: Record<string, number> | null;
   streamErrors: number;
   /** The last error each program saw, if any (a correct run has none). */
   streamErrorMessages: string[];
@@ -83,11 +108,6 @@ export interface DemoStreamResult {
 
 export async function runDemoStream(options: DemoStreamOptions): Promise<DemoStreamResult> {
   const mode = parseMode(options.mode);
-  if (mode !== 'off') {
-    throw new InputError(
-      `--mode ${mode} needs XENVMC channels, which this build does not have yet (issues 4 and 5); use --mode off`,
-    );
-  }
   const migrate = options.migrate;
   if (migrate !== 'sender' && migrate !== 'receiver' && migrate !== 'none') {
     throw new InputError(`--migrate '${migrate}' must be sender, receiver or none`);
@@ -103,7 +123,11 @@ export async function runDemoStream(options: DemoStreamOptions): Promise<DemoStr
   say(
     `xenvmc demo stream: mode ${mode}, ${formatBytes(bytes)} each way between vm1 (server) and vm2 (client) on h1, migrating ${migrate === 'none' ? 'nothing' : migrate === 'receiver' ? 'vm1' : 'vm2'}`,
   );
-  const cluster = await LocalCluster.start({ hostNames: ['h1', 'h2'], link: options.link });
+  const cluster = await LocalCluster.start({
+    hostNames: ['h1', 'h2'],
+    link: options.link,
+    hostArgs: { h1: ['--xenvmc-mode', mode], h2: ['--xenvmc-mode', mode] },
+  });
   try {
     const [h1, h2] = [cluster.host('h1'), cluster.host('h2')];
     const common = { memory: memoryBytes, tenant: 'demo' };
@@ -133,8 +157,10 @@ export async function runDemoStream(options: DemoStreamOptions): Promise<DemoStr
     const startedMs = performance.now();
     let migration: MigrationStats | null = null;
     const migrating = migrate === 'none' ? null : migrate === 'receiver' ? 'vm1' : 'vm2';
+    let migrationStartedAt: number | null = null;
     if (migrating) {
       await sleepMs(migrateAfterMs);
+      migrationStartedAt = Date.now();
       say(`migrating ${migrating} from h1 to h2 while the streams run...`);
       migration = await followMigration(
         h1.client,
@@ -149,11 +175,20 @@ export async function runDemoStream(options: DemoStreamOptions): Promise<DemoStr
     }
     const views = await waitForStreams(location);
     const streamDurationMs = performance.now() - startedMs;
-    const [server, client] = [views.get('vm1')!, views.get('vm2')!];
+    const [server, client] = [views.get('vm1')!.streamer, views.get('vm2')!.streamer];
+    const channels = [views.get('vm1')!.xenvmc, views.get('vm2')!.xenvmc];
+    const sum = (key: keyof XenvmcCounters): number =>
+      channels.reduce((total, x) => total + (x?.counters[key] ?? 0), 0);
+    const cancelEvents = channels
+      .flatMap((x) => x?.events ?? [])
+      .filter((e) => /cancelled|finish_mig/.test(e.what))
+      .sort((a, b) => a.atMs - b.atMs);
     const directions = [
       direction('vm2', client, 'vm1', server),
       direction('vm1', server, 'vm2', client),
     ];
+    const bytesDelivered = directions.reduce((total, d) => total + d.bytesDelivered, 0);
+    const channelBytes = sum('channelBytesReceived');
     const digestsMatch = directions.every(
       (d) =>
         d.sendCrc === d.receiveCrc && d.bytesSent === d.bytesDelivered && d.bytesSent === bytes,
@@ -164,8 +199,20 @@ export async function runDemoStream(options: DemoStreamOptions): Promise<DemoStr
       migrate,
       bytesPerDirection: bytes,
       bytesSent: directions.reduce((sum, d) => sum + d.bytesSent, 0),
-      bytesDelivered: directions.reduce((sum, d) => sum + d.bytesDelivered, 0),
+      bytesDelivered,
       digestsMatch,
+      channelBytes,
+      netfrontBytes: bytesDelivered - channelBytes + sum('reclaimedBytes'),
+      finishMigBytes: sum('finishMigBytes'),
+      reclaimedBytes: sum('reclaimedBytes'),
+      channelsSetUp: sum('channelsSetUp'),
+      channelsCancelled: sum('channelsCancelled'),
+      channelCancelledAfterMs:
+        migrationStartedAt !== null && cancelEvents[0]
+          ? cancelEvents[0].atMs - migrationStartedAt
+          : null,
+      channelEvents: cancelEvents.map((e) => e.what),
+      migratingDomainSentByRegion: migration?.sentByRegion ?? null,
       streamErrors: server.errors + client.errors,
       streamErrorMessages: [server, client]
         .filter((s) => s.errors > 0)
@@ -177,7 +224,9 @@ export async function runDemoStream(options: DemoStreamOptions): Promise<DemoStr
       streamDurationMs,
       notes: [
         'Both domains run on host process h1; h2 is a second process; the link between them is TCP on loopback shaped in-process.',
-        `Mode ${mode}: every byte goes through netfront rings in guest memory and Dom0's bridge.`,
+        mode === 'off'
+          ? "Mode off: every byte goes through netfront rings in guest memory and Dom0's bridge."
+          : `Mode ${mode}: co-resident streams use a XENVMC channel (FIFOs in a shared region outside guest memory) once set up; the rest goes over netfront.`,
         "Digests are CRC-32 over each direction's bytes, kept by the guest programs themselves.",
       ],
     };
@@ -191,12 +240,14 @@ function parseMode(text: string): StreamMode {
   throw new InputError(`--mode '${text}' must be one of ${STREAM_MODES.join(', ')}`);
 }
 
+type DomainReport = { streamer: StreamerStats; xenvmc: XenvmcView | null };
+
 async function waitForStreams(
   location: Map<string, LocalHost>,
-): Promise<Map<string, StreamerStats>> {
+): Promise<Map<string, DomainReport>> {
   const deadline = performance.now() + FINISH_TIMEOUT_MS;
   for (;;) {
-    const views = new Map<string, StreamerStats>();
+    const views = new Map<string, DomainReport>();
     for (const [name, host] of location) {
       const view = await host.client.get<DomainView>(`/v1/domains/${name}`);
       const stats = view.stats?.programs[0]?.stats;
@@ -205,9 +256,9 @@ async function waitForStreams(
           'DEMO_FAILED',
           `${name} on ${host.name} reports no streamer (status ${view.status})`,
         );
-      views.set(name, stats);
+      views.set(name, { streamer: stats, xenvmc: view.stats?.xenvmc ?? null });
     }
-    if ([...views.values()].every((s) => s.finished || s.errors > 0)) return views;
+    if ([...views.values()].every(({ streamer: s }) => s.finished || s.errors > 0)) return views;
     if (performance.now() > deadline) {
       throw new TestbedError(
         'DEMO_TIMEOUT',
@@ -245,6 +296,15 @@ export function printStreamResult(result: DemoStreamResult): void {
   );
   const lines: [string, string][] = [
     ['mode', result.mode],
+    ['bytes over XENVMC channels', String(result.channelBytes)],
+    ['bytes over netfront', String(result.netfrontBytes)],
+    ['finished by finish_mig', String(result.finishMigBytes)],
+    [
+      'channel cancelled after',
+      result.channelCancelledAfterMs === null
+        ? '-'
+        : `${result.channelCancelledAfterMs} ms (from the migrate command)`,
+    ],
     ['digests match', result.digestsMatch ? 'yes: every byte arrived once, in order' : 'NO'],
     ['stream errors seen by programs', String(result.streamErrors)],
     ['stream duration', `${result.streamDurationMs.toFixed(0)} ms`],

@@ -20,8 +20,12 @@ import { Netstack, type NetstackState } from './netstack.ts';
 import type { GuestProgram, ProgramContext, ProgramFactory } from './program.ts';
 import type { GuestNet, SocketEvent } from './socket-api.ts';
 
-/** Socket events delivered in one poll before the kernel yields to Dom0's messages. */
-const EVENTS_PER_POLL_MAX = 4096;
+/**
+ * How long the kernel may keep delivering socket events before it yields to Dom0's messages
+ * (a pause request waits behind it, and so adds to the downtime). Two co-resident domains on
+ * a shared-memory channel can otherwise keep each other busy indefinitely.
+ */
+const POLL_BUDGET_MS = 2;
 
 export interface ProgramSpec {
   kind: string;
@@ -307,7 +311,7 @@ export class GuestKernel {
     if (!stack || this.polling || this.phase !== 'running') return;
     this.polling = true;
     try {
-      let delivered = 0;
+      const startMs = this.components.clock.nowMs();
       for (;;) {
         stack.poll();
         if (this.socketEvents.length === 0 || this.phase !== 'running') break;
@@ -315,9 +319,8 @@ export class GuestKernel {
           const running = this.programs.get(programId);
           if (running && this.phase === 'running')
             this.dispatch(running, (p) => p.onSocket?.(event));
-          delivered++;
         }
-        if (delivered >= EVENTS_PER_POLL_MAX) {
+        if (this.components.clock.nowMs() - startMs > POLL_BUDGET_MS) {
           this.armNetTimer(this.guestNowMs());
           break;
         }
