@@ -10,8 +10,14 @@ import { type BenchFigure, type BenchMode, type Benchmark, machine } from './har
 import { logDirtyCost } from './memory/log-dirty.bench.ts';
 import { preCopyModel } from './migration/model.bench.ts';
 import { migrationThroughput } from './migration/throughput.bench.ts';
+import { netfrontThroughput } from './net/netfront.bench.ts';
 
-export const BENCHMARKS: Benchmark[] = [logDirtyCost, migrationThroughput, preCopyModel];
+export const BENCHMARKS: Benchmark[] = [
+  logDirtyCost,
+  migrationThroughput,
+  preCopyModel,
+  netfrontThroughput,
+];
 
 const mode = (process.env.BENCH_MODE ?? 'real') as BenchMode;
 const only = process.env.BENCH_ONLY?.split(',');

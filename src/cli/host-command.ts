@@ -10,6 +10,7 @@ import { formatBandwidth, parseBandwidth, parseBytes } from '../core/units.ts';
 import { startControlApi } from '../hypervisor/control-api.ts';
 import { Host } from '../hypervisor/host.ts';
 import { parseAddress } from '../hypervisor/peer-link.ts';
+import { XENVMC_MODES, type XenvmcMode } from '../xenvmc/protocol.ts';
 import { parseDurationMs } from './demo-migrate.ts';
 
 export interface HostCommandOptions {
@@ -20,6 +21,17 @@ export interface HostCommandOptions {
   memoryLimit?: string;
   stallTimeout?: string;
   dom0Ip?: string;
+  /** `off`, `xenvmc`, `xenvmc-suspend` or `advance`. @default 'off' */
+  xenvmcMode?: string;
+}
+
+/** Checks a `--xenvmc-mode` value. */
+export function parseXenvmcMode(text: string, flag: string): XenvmcMode {
+  const mode = XENVMC_MODES.find((candidate) => candidate === text);
+  if (mode === undefined) {
+    throw new InputError(`${flag} is one of ${XENVMC_MODES.join(', ')}; got '${text}'`);
+  }
+  return mode;
 }
 
 export async function runHost(options: HostCommandOptions): Promise<void> {
@@ -47,6 +59,7 @@ export async function runHost(options: HostCommandOptions): Promise<void> {
       stallTimeoutMs: options.stallTimeout
         ? parseDurationMs(options.stallTimeout, '--stall-timeout')
         : undefined,
+      xenvmcMode: parseXenvmcMode(options.xenvmcMode ?? 'off', '--xenvmc-mode'),
       log,
     },
   );
@@ -69,7 +82,8 @@ export async function runHost(options: HostCommandOptions): Promise<void> {
   process.on('SIGINT', () => void stop());
   process.on('SIGTERM', () => void stop());
   log(
-    `link ${link.host}:${link.port} at ${formatBandwidth(host.linkBytesPerSec)}, control ${api.url}`,
+    `link ${link.host}:${link.port} at ${formatBandwidth(host.linkBytesPerSec)}, ` +
+      `control ${api.url}, XENVMC mode ${host.xenvmcMode}`,
   );
   const ready = {
     event: 'ready',

@@ -8,6 +8,7 @@ import { describeError, isTestbedError } from '../core/errors.ts';
 import { parseBytes } from '../core/units.ts';
 import type { DomainSummary } from '../hypervisor/host.ts';
 import { textTable } from '../report/table.ts';
+import { XENVMC_MODES } from '../xenvmc/protocol.ts';
 import { ControlClient } from './control-client.ts';
 import { printMigrationStats, runDemoMigrate } from './demo-migrate.ts';
 import { printStreamResult, runDemoStream, STREAM_MODES } from './demo-stream.ts';
@@ -64,6 +65,15 @@ program
     '--stall-timeout <duration>',
     'a migration link that moves no data this long has failed',
     '30s',
+  )
+  .addOption(
+    new Option(
+      '--xenvmc-mode <mode>',
+      'XENVMC mode: off (netfront only), xenvmc (channels cancelled when a migration ' +
+        'starts), xenvmc-suspend (cancelled at the final pause), advance (kept throughout)',
+    )
+      .choices(XENVMC_MODES)
+      .default('off'),
   )
   .action(async (options) => runHost(options));
 

@@ -10,6 +10,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { ControlClient } from '../cli/control-client.ts';
 import { TestbedError } from '../core/errors.ts';
+import type { XenvmcMode } from '../xenvmc/protocol.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/xenvmc.js', import.meta.url));
 /** Loading the TypeScript sources through tsx takes a few seconds on a cold cache. */
@@ -35,6 +36,8 @@ export interface LocalClusterInit {
   hostArgs?: Record<string, string[]>;
   /** Every host's `--stall-timeout`. @default '30s' */
   stallTimeout?: string;
+  /** Every host's `--xenvmc-mode`. @default 'off' (the host's own default) */
+  xenvmcMode?: XenvmcMode;
 }
 
 export class LocalCluster {
@@ -54,6 +57,7 @@ export class LocalCluster {
           ...(init.hostArgs?.[name] ?? []),
           '--stall-timeout',
           init.stallTimeout ?? '30s',
+          ...(init.xenvmcMode ? ['--xenvmc-mode', init.xenvmcMode] : []),
         ];
         started.push(
           await startHost(name, {

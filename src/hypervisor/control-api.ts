@@ -112,6 +112,7 @@ export async function startControlApi(
     memoryUsedBytes: host.memoryUsedBytes(),
     memoryLimitBytes: host.memoryLimit(),
     network: host.networkCounters(),
+    xenvmc: host.xenvmcView(),
     domains: host.listDomains(),
   }));
 

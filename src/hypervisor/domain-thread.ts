@@ -60,13 +60,17 @@ const kernel = new GuestKernel({
       code: isTestbedError(error) ? error.code : 'GUEST_CRASHED',
       message: describeError(error),
     }),
-  net: {
-    ip: data.identity.ip,
-    seed: data.identity.domId,
-    notifyBackend: () => {
-      if (eventChannel.raise('toDom0')) post({ type: 'netTx' });
-    },
-  },
+  // A domain without an IP has no network at all (no rings in its kernel region).
+  net:
+    data.identity.ip === null
+      ? undefined
+      : {
+          ip: data.identity.ip,
+          seed: data.identity.domId,
+          notifyBackend: () => {
+            if (eventChannel.raise('toDom0')) post({ type: 'netTx' });
+          },
+        },
   carrier: xenvmc,
 });
 

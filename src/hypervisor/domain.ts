@@ -3,8 +3,9 @@
  * to the guest kernel inside. Lifecycle: boot (fresh or restored from a migration) -> running
  * <-> paused -> destroyed. A crashed guest program halts the domain, never the host.
  */
-import { Worker } from 'node:worker_threads';
+import { type MessagePort, Worker } from 'node:worker_threads';
 import type { GuestMemory } from '../memory/guest-memory.ts';
+import type { XenvmcCall } from '../xenvmc/protocol.ts';
 import type {
   DomainEvent,
   DomainIdentity,
@@ -39,6 +40,22 @@ export class Domain {
   guestRunning = false;
   /** Netfront's event channel with this domain. */
   readonly eventChannel: EventChannel;
+  /** Dom0's XENVMC services (grant table, event channels, message manager) answer these. */
+  onHypercall: (call: XenvmcCall) => void = (call) =>
+    this.post({
+      type: 'xenvmcReply',
+      id: call.id,
+      ok: false,
+      code: 'XENVMC_DENIED',
+      message: 'this host offers no XENVMC services',
+    });
+
+  /** Sends a notice or a hypercall reply to the guest (transferring MessagePorts if any). */
+  post(message: DomainNotification, transfer: MessagePort[] = []): void {
+    if (this.status !== 'destroyed' && this.status !== 'crashed')
+      this.worker.postMessage(message, transfer);
+  }
+
   /** Dom0's netback: called when the guest kicks the event channel. */
   onNetTx: () => void = () => {};
   private readonly worker: Worker;
@@ -79,6 +96,10 @@ export class Domain {
     return new Promise((resolve, reject) => {
       let ready = false;
       worker.on('message', (message: DomainReply | DomainEvent) => {
+        if (message.type === 'xenvmc') {
+          domain.onHypercall(message);
+          return;
+        }
         if (!('id' in message)) {
           if (message.type === 'netTx') {
             domain.eventChannel.clear('toDom0');
@@ -170,14 +191,31 @@ export class Domain {
     if (reply.type !== 'synced') throw this.unexpected(reply);
   }
 
+  /**
+   * xenvmc-suspend mode, just before the final pause: asks the guest's XENVMC module to cancel
+   * every shared-memory channel (falling back to netfront), as XenVMC's suspend handler does,
+   * and resolves with how many it cancelled. Bounded by the guest reply timeout.
+   */
+  async prepareSuspend(): Promise<number> {
+    const reply = await this.request('prepareSuspend');
+    if (reply.type !== 'suspendReady') throw this.unexpected(reply);
+    return reply.channelsCancelled;
+  }
+
   async stats(): Promise<{
     guestTimeMs: number;
     programs: ProgramStatsRow[];
     net: Record<string, number> | null;
+    xenvmc: unknown;
   }> {
     const reply = await this.request('stats');
     if (reply.type !== 'stats') throw this.unexpected(reply);
-    return { guestTimeMs: reply.guestTimeMs, programs: reply.programs, net: reply.net };
+    return {
+      guestTimeMs: reply.guestTimeMs,
+      programs: reply.programs,
+      net: reply.net,
+      xenvmc: reply.xenvmc,
+    };
   }
 
   /** Frames are on the RX ring: kick the guest (once per burst, see EventChannel). */

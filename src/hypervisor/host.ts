@@ -23,12 +23,15 @@ import type { MigrationProgress, MigrationStats } from '../migration/stats.ts';
 import { ipToU32 } from '../net/frame.ts';
 import { LinkSampler } from '../net/sampler.ts';
 import { EgressShaper } from '../net/shaper.ts';
+import { XENVMC_MODES, type XenvmcMode } from '../xenvmc/protocol.ts';
 import { Bridge } from './bridge.ts';
 import { Dom0Net, type ForwardView } from './dom0-net.ts';
 import { Domain, type DomainStatus } from './domain.ts';
 import type { DomainIdentity } from './domain-protocol.ts';
 import { HypervisorError } from './errors.ts';
 import { FramesLinks } from './frames-link.ts';
+import { type ChannelPolicy, GrantTable, type GrantTableCounters } from './grant-table.ts';
+import { answerHypercall } from './hypercalls.ts';
 import {
   LINK_TEST_BYTES_MAX,
   type LinkTestResult,
@@ -36,6 +39,7 @@ import {
   serveLinkTest,
 } from './link-test.ts';
 import { acceptPeer, connectToPeer, parseAddress } from './peer-link.ts';
+import { type PublishedDomain, type PublisherEvent, StatePublisher } from './publisher.ts';
 
 export interface HostInit {
   name: string;
@@ -55,7 +59,23 @@ export interface HostInit {
    * @default 10.77.255.N, N from a hash of the host name
    */
   dom0Ip?: string;
+  /**
+   * The XENVMC mode, the same for every domain of the host and reported in its statistics:
+   * `off` netfront only (no publisher, every hypercall denied); `xenvmc` channels cancelled
+   * when a migration starts; `xenvmc-suspend` cancelled at the final pause; `advance` kept
+   * through the migration (Advance-XENVMC). @default 'off'
+   */
+  xenvmcMode?: XenvmcMode;
+  /** Which domains may share a channel. @default same tenant only */
+  channelPolicy?: ChannelPolicy;
   log?: (line: string) => void;
+}
+
+/** `GET /v1/host`'s `xenvmc` block: the mode and the grant table's counters. */
+export interface XenvmcHostView extends GrantTableCounters {
+  mode: XenvmcMode;
+  /** Co-residency and migration notices posted to this host's domains. */
+  noticesPosted: number;
 }
 
 export interface DomainCreateRequest {
@@ -86,6 +106,10 @@ export interface MigrationRecordView {
   domain: string;
   target: string;
   status: MigrationStatus;
+  /** The source host's XENVMC mode during this migration. */
+  mode: XenvmcMode;
+  /** xenvmc-suspend: channels the guest cancelled just before the pause (null otherwise). */
+  channelsCancelled: number | null;
   progress: MigrationProgress | null;
   stats: MigrationStats | null;
   error: { code: string; message: string } | null;
@@ -114,6 +138,10 @@ export class Host {
   private frames: FramesLinks | null = null;
   private nextDomId = 1;
   private readonly memoryLimitBytes: number;
+  readonly xenvmcMode: XenvmcMode;
+  /** XENVMC's grant table and inter-domain event channels. */
+  readonly grants: GrantTable;
+  private readonly publisher: StatePublisher;
 
   constructor(components: { clock: Clock }, init: HostInit) {
     this.clock = components.clock;
@@ -135,6 +163,20 @@ export class Host {
     });
     this.dom0 = new Dom0Net({ clock: this.clock }, { ip: init.dom0Ip ?? defaultDom0Ip(init.name) });
     this.bridge.attach(this.dom0);
+    this.xenvmcMode = init.xenvmcMode ?? 'off';
+    if (!XENVMC_MODES.includes(this.xenvmcMode)) {
+      throw new InputError(
+        `XENVMC mode '${this.xenvmcMode}' is not one of ${XENVMC_MODES.join(', ')}`,
+      );
+    }
+    this.grants = new GrantTable({ policy: init.channelPolicy });
+    this.publisher = new StatePublisher(
+      {
+        residents: () => this.residents(),
+        deliver: ({ domId, message }) => this.residentById(domId)?.post(message),
+      },
+      { mode: this.xenvmcMode },
+    );
   }
 
   /** Relays a port of this machine to `port` of a domain (by name here, or by IP). */
@@ -251,8 +293,10 @@ export class Host {
     };
     const programs = request.programs ?? [];
     const domain = await Domain.boot(identity, memory, { kind: 'boot', programs }, this.log);
+    this.serveXenvmc(domain);
     this.domains.set(request.name, { domain, programs });
     this.bridge.attach(domain);
+    this.publish('created', domain);
     this.log(
       `created dom${identity.domId} ${request.name} (${formatBytes(request.memoryBytes)}, ${programs.map((p) => p.kind).join(', ') || 'no programs'})`,
     );
@@ -299,6 +343,8 @@ export class Host {
     this.requireStatus(domain, ['running', 'paused', 'crashed']);
     this.domains.delete(name);
     this.bridge.detach(domain);
+    this.grants.releaseAll(domain.identity.domId);
+    this.publish('destroyed', domain);
     await domain.destroy();
     this.log(`destroyed dom${domain.identity.domId} ${name}`);
   }
@@ -320,6 +366,8 @@ export class Host {
       domain: name,
       target,
       status: 'running',
+      mode: this.xenvmcMode,
+      channelsCancelled: null,
       progress: null,
       stats: null,
       error: null,
@@ -328,6 +376,8 @@ export class Host {
     // A paused domain migrates too (a cold snapshot); after a failure it stays paused.
     const wasPaused = entry.domain.status === 'paused';
     entry.domain.status = 'migrating';
+    // Before the first round: in mode xenvmc the guests cancel their channels at once.
+    this.publish('migrating', entry.domain);
     void this.runMigration(entry, targetAddress, policy, record, wasPaused);
     return record;
   }
@@ -397,7 +447,14 @@ export class Host {
             domain: {
               info,
               memory: domain.memory,
-              pause: () => domain.pause(),
+              pause: async () => {
+                // XenVMC's suspend handler blocks until the channels are released, so the
+                // cancel is part of the downtime; in the other modes nothing happens here.
+                if (this.xenvmcMode === 'xenvmc-suspend') {
+                  record.channelsCancelled = await domain.prepareSuspend();
+                }
+                return domain.pause();
+              },
               resume: async () => {
                 if (wasPaused) return;
                 await domain.resume();
@@ -422,6 +479,9 @@ export class Host {
       // The domain runs on the target now: forward its IP there, destroy the source copy.
       this.domains.delete(domain.identity.name);
       this.bridge.detach(domain, { link: targetLabel });
+      // Only the table entries go: a peer that stays keeps its regions to drain (advance).
+      this.grants.releaseAll(domain.identity.domId);
+      this.publish('migratedOut', domain, { migrating: true });
       await domain.destroy();
       record.status = 'completed';
       const stats = record.stats;
@@ -430,6 +490,9 @@ export class Host {
       );
     } catch (error) {
       if (domain.status === 'migrating') domain.status = wasPaused ? 'paused' : 'running';
+      if (this.domains.get(domain.identity.name)?.domain === domain) {
+        this.publish('migrationAborted', domain);
+      }
       record.status = 'failed';
       record.error = {
         code: isTestbedError(error) ? error.code : 'MIGRATION_FAILED',
@@ -508,9 +571,12 @@ export class Host {
       if (route.link !== own) this.bridge.learn(ipToU32(route.ip), route.link, false);
     }
     this.bridge.attach(domain);
+    this.serveXenvmc(domain);
     await domain.restore(guestState);
     this.incoming.delete(info.name);
     this.domains.set(info.name, { domain, programs: (info.programs as ProgramSpec[]) ?? [] });
+    // A snapshot, then the end-of-migration notice (Advance-XENVMC's finish_mig runs on it).
+    this.publish('migratedIn', domain);
     // A gratuitous ARP: every host we know hears that this IP lives here now.
     if (info.ip !== null) {
       const garp = { type: 'garp' as const, ip: ipToU32(info.ip), link: own };
@@ -522,7 +588,14 @@ export class Host {
     const reservation = info ? this.incoming.get(info.name) : undefined;
     if (!info || !reservation) return;
     this.incoming.delete(info.name);
-    reservation.domain.then((domain) => domain.destroy()).catch(() => {});
+    reservation.domain
+      .then((domain) => {
+        this.grants.releaseAll(domain.identity.domId);
+        return domain.destroy();
+      })
+      .catch((error: unknown) => {
+        this.log(`discarding incoming ${info.name} failed: ${describeError(error)}`);
+      });
   }
 
   private checkMemory(name: string, bytes: number): void {
@@ -556,6 +629,60 @@ export class Host {
     }
   }
 
+  xenvmcView(): XenvmcHostView {
+    return {
+      mode: this.xenvmcMode,
+      ...this.grants.counters,
+      noticesPosted: this.publisher.noticesPosted,
+    };
+  }
+
+  // ---- XENVMC services ----------------------------------------------------------------------
+
+  /** Dom0 answers this domain's XENVMC hypercalls (mode off: the domain's default denies). */
+  private serveXenvmc(domain: Domain): void {
+    if (this.xenvmcMode === 'off') return;
+    const components = {
+      grants: this.grants,
+      findPeer: (domId: number) => this.residentById(domId),
+      log: this.log,
+    };
+    domain.onHypercall = (call) => {
+      const { reply, transfer } = answerHypercall(components, domain.identity, call);
+      domain.post(reply, transfer);
+    };
+  }
+
+  private residentById(domId: number): Domain | null {
+    for (const { domain } of this.domains.values()) {
+      if (domain.identity.domId === domId && isResident(domain)) return domain;
+    }
+    return null;
+  }
+
+  /** The domains the publisher lists: on this host and alive (incoming ones come later). */
+  private residents(): PublishedDomain[] {
+    const residents: PublishedDomain[] = [];
+    for (const { domain } of this.domains.values()) {
+      if (isResident(domain)) residents.push(publishedOf(domain));
+    }
+    return residents;
+  }
+
+  /**
+   * Publishes `event` about `domain` once the domain list shows it. A domain that crashed in
+   * the meantime is no co-resident any more, so an event that would keep it listed is dropped.
+   */
+  private publish(
+    event: PublisherEvent,
+    domain: Domain,
+    overrides: { migrating?: boolean } = {},
+  ): void {
+    const stays = event !== 'destroyed' && event !== 'migratedOut';
+    if (stays && !isResident(domain)) return;
+    this.publisher.publish(event, { ...publishedOf(domain), ...overrides });
+  }
+
   networkCounters(): Record<string, number> {
     return { ...this.bridge.counters, framesDroppedOnLinks: this.frames?.framesDropped ?? 0 };
   }
@@ -565,9 +692,25 @@ export class Host {
     this.sampler.stop();
     this.frames?.close();
     this.server?.close();
+    for (const { domain } of this.domains.values()) this.grants.releaseAll(domain.identity.domId);
     await Promise.all([...this.domains.values()].map(({ domain }) => domain.destroy()));
     this.domains.clear();
   }
+}
+
+/** A domain Dom0 can talk to: not destroyed, not crashed. */
+function isResident(domain: Domain): boolean {
+  return domain.status !== 'destroyed' && domain.status !== 'crashed';
+}
+
+function publishedOf(domain: Domain): PublishedDomain {
+  const { domId, ip, tenant } = domain.identity;
+  return {
+    domId,
+    ip: ip === null ? null : ipToU32(ip),
+    tenant,
+    migrating: domain.status === 'migrating',
+  };
 }
 
 /** 10.77.255.N with N in 1..250 from the host name, so two hosts rarely clash by default. */
