@@ -208,7 +208,7 @@ class World {
       case 'release': {
         const grant = this.grants.get(call.grantRef);
         grant?.released.add(guest.domId);
-        if (grant && grant.released.has(grant.granter) && grant.released.has(grant.grantee))
+        if (grant?.released.has(grant.granter) && grant.released.has(grant.grantee))
           this.grants.delete(call.grantRef);
         return this.reply(guest, { type: 'xenvmcReply', id: call.id, ok: true });
       }

@@ -317,8 +317,7 @@ export class XenvmcModule implements CarrierModule {
 
   freeBytes(carried: CarriedStream): number | null {
     const connection = this.connectionOf(carried);
-    if (!connection || !connection.sending) return null;
-    if (connection.reclaimed) return null;
+    if (!connection?.sending || connection.reclaimed) return null;
     if (connection.phase !== 'ready') return 0;
     return this.runtime.get(connection.keyText)?.out?.freeBytes ?? 0;
   }
