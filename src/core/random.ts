@@ -39,13 +39,18 @@ export class Random {
   }
 
   nextU32(): number {
-    const t = (((this.a + this.b) >>> 0) + this.d) >>> 0;
-    this.d = (this.d + 1) >>> 0;
-    this.a = this.b ^ (this.b >>> 9);
-    this.b = (this.c + (this.c << 3)) >>> 0;
-    this.c = (this.c << 21) | (this.c >>> 11);
-    this.c = (this.c + t) >>> 0;
-    return t;
+    // Signed 32-bit arithmetic (`| 0`) keeps the four words small integers for V8 (values
+    // above 2^31 would be boxed doubles); the bit patterns, and so the sequence, are sfc32's.
+    const a = this.a | 0;
+    const b = this.b | 0;
+    const c = this.c | 0;
+    const d = this.d | 0;
+    const t = (((a + b) | 0) + d) | 0;
+    this.d = (d + 1) | 0;
+    this.a = b ^ (b >>> 9);
+    this.b = (c + (c << 3)) | 0;
+    this.c = (((c << 21) | (c >>> 11)) + t) | 0;
+    return t >>> 0;
   }
 
   /** Uniform in [0, 1). */
@@ -58,11 +63,16 @@ export class Random {
     return Math.floor(this.nextFloat() * bound);
   }
 
-  /** Fills `bytes` with pseudo-random bytes, four at a time. */
+  /** Fills `bytes` with pseudo-random bytes, four at a time (little-endian words). */
   fill(bytes: Uint8Array): void {
     const words = Math.floor(bytes.byteLength / 4);
-    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    for (let i = 0; i < words; i++) view.setUint32(i * 4, this.nextU32(), true);
+    if (bytes.byteOffset % 4 === 0) {
+      const view = new Uint32Array(bytes.buffer, bytes.byteOffset, words);
+      for (let i = 0; i < words; i++) view[i] = this.nextU32();
+    } else {
+      const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      for (let i = 0; i < words; i++) view.setUint32(i * 4, this.nextU32(), true);
+    }
     for (let i = words * 4; i < bytes.byteLength; i++) bytes[i] = this.nextU32() & 0xff;
   }
 }
