@@ -463,6 +463,7 @@ export class Host {
               sync: () => domain.sync(),
             },
             policy,
+            xenvmcMode: this.xenvmcMode,
             sourceHost: this.name,
             targetHost: link.peerHost || targetLabel,
             linkBytesPerSec: this.init.linkBytesPerSec,

@@ -57,6 +57,8 @@ export interface SenderComponents {
 export interface SenderInit {
   domain: MigratingDomain;
   policy: StopPolicy;
+  /** Reported in the statistics. @default 'off' */
+  xenvmcMode?: string;
   sourceHost: string;
   targetHost: string;
   linkBytesPerSec: number | null;
@@ -210,6 +212,7 @@ export async function sendMigration(
       sourceHost: init.sourceHost,
       targetHost: init.targetHost,
       policy: policy.name,
+      xenvmcMode: init.xenvmcMode ?? 'off',
       stopReason,
       linkBytesPerSec: init.linkBytesPerSec,
       totalMigrationTimeMs: endMs - migrationStartMs,

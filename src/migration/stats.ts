@@ -36,6 +36,8 @@ export interface MigrationStats {
   sourceHost: string;
   targetHost: string;
   policy: PolicyName;
+  /** The source host's XENVMC mode during the migration (off, xenvmc, xenvmc-suspend, advance). */
+  xenvmcMode: string;
   stopReason: string;
   linkBytesPerSec: number | null;
   totalMigrationTimeMs: number;

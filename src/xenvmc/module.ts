@@ -284,7 +284,14 @@ export class XenvmcModule implements CarrierModule {
       this.cancel(connection, 'the peer closed the channel', false);
       return 0;
     }
-    const taken = runtime.out!.tryWrite(bytes);
+    // Write until the FIFO refuses: only a write that finds it full raises the waiting flag
+    // that makes the reader wake us (a partial write alone would leave us waiting forever).
+    let taken = 0;
+    while (taken < bytes.byteLength) {
+      const count = runtime.out!.tryWrite(taken === 0 ? bytes : bytes.subarray(taken));
+      if (count === 0) break;
+      taken += count;
+    }
     if (taken > 0) {
       carried.stream.sentByCarrier(taken);
       connection.bytesSent += taken;
