@@ -181,6 +181,39 @@ describe('guest streams between host processes', () => {
     assert.equal(server.errors, 0, `no error in the guest: ${server.lastError}`);
   });
 
+  it('connects a fresh domain on one host to a fresh domain on another (no migration first)', async () => {
+    await h1.client.post('/v1/domains', {
+      name: 'far-server',
+      memory: '16MiB',
+      ip: '10.77.5.1',
+      programs: [
+        { kind: 'streamer', params: { role: 'server', port: 80, bytes: 1 << 20, seed: 1 } },
+      ],
+    });
+    await h2.client.post('/v1/domains', {
+      name: 'far-client',
+      memory: '16MiB',
+      ip: '10.77.5.2',
+      programs: [
+        {
+          kind: 'streamer',
+          params: { role: 'client', port: 80, peerIp: '10.77.5.1', bytes: 1 << 20, seed: 2 },
+        },
+      ],
+    });
+    const stats = await waitFinished(
+      new Map([
+        ['far-server', h1],
+        ['far-client', h2],
+      ]),
+      30_000,
+    );
+    const [s, c] = [stats.get('far-server')!, stats.get('far-client')!];
+    assert.equal(s.errors + c.errors, 0, `no error: ${s.lastError} ${c.lastError}`);
+    assert.equal(s.receiveCrc, c.sendCrc, 'client -> server digest');
+    assert.equal(c.receiveCrc, s.sendCrc, 'server -> client digest');
+  });
+
   it('refuses a connect to a closed port (ECONNREFUSED) and to an unknown IP (EHOSTUNREACH)', async () => {
     await h1.client.post('/v1/domains', {
       name: 'lonely',

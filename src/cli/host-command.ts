@@ -23,6 +23,8 @@ export interface HostCommandOptions {
   dom0Ip?: string;
   /** `off`, `xenvmc`, `xenvmc-suspend` or `advance`. @default 'off' */
   xenvmcMode?: string;
+  /** Other hosts' link addresses (their --listen), told where our domains are. */
+  peer?: string[];
 }
 
 /** Checks a `--xenvmc-mode` value. */
@@ -64,6 +66,7 @@ export async function runHost(options: HostCommandOptions): Promise<void> {
     },
   );
   const link = await host.listen();
+  if (options.peer?.length) host.addPeers(options.peer);
   let stopping = false;
   const stop = async (): Promise<void> => {
     if (stopping) return;

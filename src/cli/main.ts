@@ -66,6 +66,15 @@ program
     'a migration link that moves no data this long has failed',
     '30s',
   )
+  .option(
+    '--dom0-ip <ip>',
+    "Dom0's own IP on the testbed network (port forwarding); unique per host",
+  )
+  .option(
+    '--peer <addr>',
+    "another host's link address (repeat for each); guests here can then reach its domains",
+    (value: string, previous: string[] = []) => [...previous, value],
+  )
   .addOption(
     new Option(
       '--xenvmc-mode <mode>',

@@ -69,6 +69,9 @@ export class LocalCluster {
           }),
         );
       }
+      // Every host learns the others, as hosts on one switch would.
+      const links = started.map((host) => host.link);
+      for (const host of started) await host.client.post('/v1/peers', { links });
     } catch (error) {
       await new LocalCluster(started).stop();
       throw error;

@@ -205,6 +205,27 @@ export async function startControlApi(
     },
   );
 
+  app.post(
+    '/v1/peers',
+    {
+      schema: {
+        body: {
+          type: 'object',
+          required: ['links'],
+          additionalProperties: false,
+          properties: {
+            links: {
+              type: 'array',
+              maxItems: 256,
+              items: { type: 'string', minLength: 3, maxLength: 300 },
+            },
+          },
+        },
+      },
+    },
+    async (request) => ({ peers: host.addPeers((request.body as { links: string[] }).links) }),
+  );
+
   app.get('/v1/forwards', async () => host.listForwards());
   app.post(
     '/v1/forwards',

@@ -296,6 +296,7 @@ export class Host {
     this.serveXenvmc(domain);
     this.domains.set(request.name, { domain, programs });
     this.bridge.attach(domain);
+    this.announce(domain.identity.ip);
     this.publish('created', domain);
     this.log(
       `created dom${identity.domId} ${request.name} (${formatBytes(request.memoryBytes)}, ${programs.map((p) => p.kind).join(', ') || 'no programs'})`,
@@ -579,10 +580,36 @@ export class Host {
     // A snapshot, then the end-of-migration notice (Advance-XENVMC's finish_mig runs on it).
     this.publish('migratedIn', domain);
     // A gratuitous ARP: every host we know hears that this IP lives here now.
-    if (info.ip !== null) {
-      const garp = { type: 'garp' as const, ip: ipToU32(info.ip), link: own };
-      for (const link of this.bridge.knownLinks()) this.frames?.control(link, garp);
+    this.announce(info.ip);
+  }
+
+  /** Other hosts this one was told about (`--peer`, /v1/peers) or learned from routes. */
+  private readonly peerLinks = new Set<string>();
+
+  /** Adds peer hosts (host:port link addresses) and tells them where our domains are. */
+  addPeers(links: string[]): string[] {
+    const own = this.ownLink();
+    for (const link of links) {
+      parseAddress(link, 'peer host');
+      if (link === own || this.peerLinks.has(link)) continue;
+      this.peerLinks.add(link);
+      for (const { domain } of this.domains.values()) {
+        const ip = domain.identity.ip;
+        if (ip !== null) this.frames?.control(link, { type: 'garp', ip: ipToU32(ip), link: own });
+      }
     }
+    return [...this.peerLinks];
+  }
+
+  /**
+   * A gratuitous ARP for `ip`: every host we know (configured peers, and hosts our routes point
+   * to) hears that it lives here, so a domain on another host reaches it from the first frame.
+   */
+  private announce(ip: string | null): void {
+    if (ip === null) return;
+    const garp = { type: 'garp' as const, ip: ipToU32(ip), link: this.ownLink() };
+    for (const link of new Set([...this.peerLinks, ...this.bridge.knownLinks()]))
+      this.frames?.control(link, garp);
   }
 
   private discardIncoming(info: DomainInfo | null): void {
