@@ -165,16 +165,20 @@ export class Dom0Net implements BridgeEndpoint {
     duplex.on('data', (chunk: Buffer) => {
       view.bytesOut += chunk.byteLength;
     });
-    const finish = (): void => {
-      if (!this.duplexes.delete(duplex.socket)) return;
-      view.sessionsOpen--;
+    // Errors tear both sides down. A clean close of the client's socket does not: the guest
+    // socket may still hold bytes the client sent (waiting for room in the guest's window),
+    // and the pipe has already called `end()` on it, so it closes once they are all taken.
+    const abort = (): void => {
       socket.destroy();
       duplex.destroy();
     };
-    socket.on('error', finish);
-    socket.on('close', finish);
-    duplex.on('error', finish);
-    duplex.on('close', finish);
+    socket.on('error', abort);
+    duplex.on('error', abort);
+    duplex.on('close', () => {
+      if (!this.duplexes.delete(duplex.socket)) return;
+      view.sessionsOpen--;
+      socket.destroy();
+    });
     socket.pipe(duplex).pipe(socket);
   }
 
