@@ -15,17 +15,8 @@ import fc from 'fast-check';
 import { sleepMs } from '../src/core/clock.ts';
 import { LocalCluster, type LocalHost } from '../src/experiments/local-cluster.ts';
 import type { DomainSummary } from '../src/hypervisor/host.ts';
+import type { StreamerStats } from '../src/workloads/streamer.ts';
 import { migrateAndWait } from './support/hosts.ts';
-
-interface StreamerStats {
-  bytesSent: number;
-  bytesReceived: number;
-  sendCrc: number;
-  receiveCrc: number;
-  finished: boolean;
-  errors: number;
-  lastError: string;
-}
 
 async function streamerStats(host: LocalHost, name: string): Promise<StreamerStats> {
   const view = await host.client.get<

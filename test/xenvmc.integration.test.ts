@@ -13,17 +13,9 @@ import { sleepMs } from '../src/core/clock.ts';
 import { LocalCluster, type LocalHost } from '../src/experiments/local-cluster.ts';
 import type { DomainSummary } from '../src/hypervisor/host.ts';
 import type { MigrationStats } from '../src/migration/stats.ts';
+import type { StreamerStats } from '../src/workloads/streamer.ts';
 import type { XenvmcMode } from '../src/xenvmc/protocol.ts';
 import { migrateAndWait } from './support/hosts.ts';
-
-interface StreamerStats {
-  bytesReceived: number;
-  sendCrc: number;
-  receiveCrc: number;
-  finished: boolean;
-  errors: number;
-  lastError: string;
-}
 
 interface XenvmcStats {
   mode: string;

@@ -12,6 +12,7 @@ import { LocalCluster, type LocalHost } from '../experiments/local-cluster.ts';
 import type { DomainSummary } from '../hypervisor/host.ts';
 import type { MigrationStats } from '../migration/stats.ts';
 import { textTable } from '../report/table.ts';
+import type { StreamerStats } from '../workloads/streamer.ts';
 import type { XenvmcCounters } from '../xenvmc/module.ts';
 import { parseDurationMs } from './demo-migrate.ts';
 import { followMigration } from './migrate-command.ts';
@@ -34,21 +35,6 @@ export interface DemoStreamOptions {
   json: boolean;
   quiet: boolean;
   migrateAfter: string;
-}
-
-interface StreamerStats {
-  role: string;
-  bytesToSend: number;
-  bytesSent: number;
-  bytesReceived: number;
-  sendCrc: number;
-  receiveCrc: number;
-  finished: boolean;
-  errors: number;
-  lastError: string;
-  longestGapMs: number;
-  startedMs: number;
-  finishedMs: number;
 }
 
 interface XenvmcView {

@@ -9,37 +9,22 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { crc32 } from 'node:zlib';
 import fc from 'fast-check';
 import { GuestMemory } from '../memory/guest-memory.ts';
 import { defaultLayout } from '../memory/layout.ts';
 import { NetfrontRing } from '../net/netfront-ring.ts';
 import { Netstack, type NetstackState, netfrontPlacement } from './netstack.ts';
-import type { GuestNet, SocketEvent, SocketId } from './socket-api.ts';
+import type { SocketEvent } from './socket-api.ts';
+import { freshProgram, runTestProgram, type TestEndpoint } from './test-program.ts';
 
 const PAGES = 4096;
 const PORT = 80;
 
-interface Endpoint {
-  name: string;
+interface Endpoint extends TestEndpoint {
   ip: string;
   memory: GuestMemory;
-  stack: Netstack;
-  net: GuestNet;
-  events: SocketEvent[];
-  socket: SocketId | null;
   tx: NetfrontRing;
   rx: NetfrontRing;
-  paused: boolean;
-  // the test program's state
-  seed: number;
-  toSend: number;
-  sent: number;
-  sendCrc: number;
-  received: number;
-  receiveCrc: number;
-  ended: boolean;
-  peerEnded: boolean;
   stateAtPause: NetstackState | null;
 }
 
@@ -57,17 +42,7 @@ class World {
       socket: null,
       paused: false,
     } as unknown as Endpoint;
-    Object.assign(endpoint, {
-      seed,
-      toSend,
-      sent: 0,
-      sendCrc: 0,
-      received: 0,
-      receiveCrc: 0,
-      ended: false,
-      peerEnded: false,
-      stateAtPause: null,
-    });
+    Object.assign(endpoint, freshProgram(seed, toSend), { stateAtPause: null });
     endpoint.stack = Netstack.boot(this.components(endpoint), { ip, seed });
     this.attach(endpoint);
     this.endpoints.push(endpoint);
@@ -147,52 +122,6 @@ function describeEnds(...endpoints: Endpoint[]): string {
   );
 }
 
-/** Byte `o` of a stream is a function of (seed, o): any prefix can be regenerated. */
-function streamBytes(seed: number, offset: number, length: number): Uint8Array {
-  const out = new Uint8Array(length);
-  for (let i = 0; i < length; i++) {
-    const o = offset + i;
-    let x = Math.imul((o >>> 2) ^ seed, 0x9e3779b1);
-    x ^= x >>> 15;
-    x = Math.imul(x, 0x85ebca77);
-    out[i] = (x >>> ((o & 3) * 8)) & 0xff;
-  }
-  return out;
-}
-
-/** The test program: writes its bytes in chunks, reads everything, ends when done. */
-function runProgram(endpoint: Endpoint, chunkBytes: number, readBytes: number): void {
-  if (endpoint.paused) return;
-  endpoint.stack.poll();
-  for (const event of endpoint.events.splice(0)) {
-    if (event.type === 'connected' || event.type === 'accepted') endpoint.socket = event.socket;
-    if (event.type === 'end') endpoint.peerEnded = true;
-    if (event.type === 'error') assert.fail(`${endpoint.name} saw ${event.code}: ${event.message}`);
-  }
-  const socket = endpoint.socket;
-  if (socket === null) return;
-  for (;;) {
-    const bytes = endpoint.net.read(socket, readBytes);
-    if (bytes.byteLength === 0) break;
-    endpoint.received += bytes.byteLength;
-    endpoint.receiveCrc = crc32(bytes, endpoint.receiveCrc);
-  }
-  // Up to 64 writes per event, like a program filling its socket until it pushes back.
-  for (let writes = 0; writes < 64 && endpoint.sent < endpoint.toSend; writes++) {
-    const size = Math.min(chunkBytes, endpoint.toSend - endpoint.sent);
-    const chunk = streamBytes(endpoint.seed, endpoint.sent, size);
-    const taken = endpoint.net.write(socket, chunk);
-    endpoint.sent += taken;
-    endpoint.sendCrc = crc32(chunk.subarray(0, taken), endpoint.sendCrc);
-    if (taken < size) break;
-  }
-  if (endpoint.sent >= endpoint.toSend && !endpoint.ended) {
-    endpoint.ended = true;
-    endpoint.net.end(socket);
-  }
-  endpoint.stack.poll();
-}
-
 interface Scenario {
   bytesA: number;
   bytesB: number;
@@ -220,8 +149,8 @@ function scenario({ bytesA, bytesB, chunk, read, migrations }: Scenario): void {
     }
     const resuming = resumeAt.get(step);
     if (resuming) world.migrate(resuming, resuming === a ? b : a);
-    runProgram(a, chunkBytes, read);
-    runProgram(b, chunkBytes, read);
+    runTestProgram(a, { chunkBytes, readBytes: read, writesMax: 64 });
+    runTestProgram(b, { chunkBytes, readBytes: read, writesMax: 64 });
     world.switchFrames();
     // Retransmit timers: the stack asks to be polled at a deadline; polling every step
     // with the clock advancing fires them.
@@ -272,8 +201,8 @@ describe('Netstack', () => {
     a.socket = a.net.connect('10.77.0.2', PORT);
     for (let step = 0; step < 200 && b.received < a.toSend; step++) {
       world.nowMs += 1;
-      runProgram(a, 65536, 65536);
-      runProgram(b, 65536, 65536);
+      runTestProgram(a, { chunkBytes: 65536, readBytes: 65536, writesMax: 64 });
+      runTestProgram(b, { chunkBytes: 65536, readBytes: 65536, writesMax: 64 });
       world.switchFrames();
     }
     assert.equal(b.received, a.toSend, 'the transfer completed');

@@ -54,6 +54,32 @@ import type { GuestNet, SocketEvent, SocketId } from '../guest/socket-api.ts';
 import type { Region } from '../memory/layout.ts';
 
 /** The program kind, as registered with the guest kernel. */
+/** What a streamer reports (`stats()`); demos and tests read it through the control API. */
+export type StreamerStats = {
+  role: string;
+  phase: string;
+  bytesToSend: number;
+  bytesSent: number;
+  bytesReceived: number;
+  /** Running CRC-32 of every byte written / read. */
+  sendCrc: number;
+  receiveCrc: number;
+  /** Both directions are done. */
+  finished: boolean;
+  errors: number;
+  lastError: string;
+  lastSocketCallError: string;
+  connectTries: number;
+  /** Longest time between two arrivals, in guest ms. */
+  longestGapMs: number;
+  longestGapEndMs: number;
+  gapCounts: string;
+  startedMs: number;
+  sendFinishedMs: number;
+  receiveFinishedMs: number;
+  finishedMs: number;
+};
+
 export const STREAMER_KIND = 'streamer';
 /** Timer tag: the client's next connect attempt. */
 export const STREAMER_CONNECT_TAG = 'connect';
@@ -400,7 +426,7 @@ class Streamer implements GuestProgram<StreamerState> {
   }
 
   /** Figures for the demo; times are guest ms, -1 until they happen; `gapCounts` per bucket. */
-  stats(): Record<string, number | string | boolean> {
+  stats(): StreamerStats {
     const s = this.state;
     return {
       role: s.params.role,

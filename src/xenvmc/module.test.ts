@@ -9,10 +9,10 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { crc32 } from 'node:zlib';
 import fc from 'fast-check';
 import { Netstack, type NetstackState, netfrontPlacement } from '../guest/netstack.ts';
-import type { GuestNet, SocketEvent, SocketId } from '../guest/socket-api.ts';
+import type { SocketEvent } from '../guest/socket-api.ts';
+import { freshProgram, runTestProgram, type TestEndpoint } from '../guest/test-program.ts';
 import { GuestMemory } from '../memory/guest-memory.ts';
 import { defaultLayout } from '../memory/layout.ts';
 import { ipToU32 } from '../net/frame.ts';
@@ -22,28 +22,14 @@ import type { PeerRecord, XenvmcCall, XenvmcMode, XenvmcReply } from './protocol
 
 const PORT = 25;
 
-interface Guest {
-  name: string;
+interface Guest extends TestEndpoint {
   domId: number;
   ip: string;
   tenant: string;
   memory: GuestMemory;
-  stack: Netstack;
   xenvmc: XenvmcModule;
-  net: GuestNet;
   tx: NetfrontRing;
   rx: NetfrontRing;
-  events: SocketEvent[];
-  socket: SocketId | null;
-  paused: boolean;
-  seed: number;
-  toSend: number;
-  sent: number;
-  sendCrc: number;
-  received: number;
-  receiveCrc: number;
-  ended: boolean;
-  peerEnded: boolean;
 }
 
 /** A fake event-channel end: `postMessage` runs the other end's listener at the next pump. */
@@ -94,15 +80,7 @@ class World {
       paused: false,
       seed: domId,
     } as unknown as Guest;
-    Object.assign(guest, {
-      toSend,
-      sent: 0,
-      sendCrc: 0,
-      received: 0,
-      receiveCrc: 0,
-      ended: false,
-      peerEnded: false,
-    });
+    Object.assign(guest, freshProgram(domId, toSend));
     guest.memory = GuestMemory.create(defaultLayout(4096));
     this.boot(guest, null);
     this.guests.push(guest);
@@ -271,49 +249,6 @@ class World {
   }
 }
 
-function streamBytes(seed: number, offset: number, length: number): Uint8Array {
-  const out = new Uint8Array(length);
-  for (let i = 0; i < length; i++) {
-    const o = offset + i;
-    let x = Math.imul((o >>> 2) ^ seed, 0x9e3779b1);
-    x ^= x >>> 15;
-    x = Math.imul(x, 0x85ebca77);
-    out[i] = (x >>> ((o & 3) * 8)) & 0xff;
-  }
-  return out;
-}
-
-function runProgram(guest: Guest, chunkBytes: number): void {
-  if (guest.paused) return;
-  guest.stack.poll();
-  for (const event of guest.events.splice(0)) {
-    if (event.type === 'connected' || event.type === 'accepted') guest.socket = event.socket;
-    if (event.type === 'end') guest.peerEnded = true;
-    if (event.type === 'error') assert.fail(`${guest.name} saw ${event.code}: ${event.message}`);
-  }
-  const socket = guest.socket;
-  if (socket === null) return;
-  for (;;) {
-    const bytes = guest.net.read(socket, 65536);
-    if (bytes.byteLength === 0) break;
-    guest.received += bytes.byteLength;
-    guest.receiveCrc = crc32(bytes, guest.receiveCrc);
-  }
-  for (let writes = 0; writes < 16 && guest.sent < guest.toSend; writes++) {
-    const size = Math.min(chunkBytes, guest.toSend - guest.sent);
-    const chunk = streamBytes(guest.seed, guest.sent, size);
-    const taken = guest.net.write(socket, chunk);
-    guest.sent += taken;
-    guest.sendCrc = crc32(chunk.subarray(0, taken), guest.sendCrc);
-    if (taken < size) break;
-  }
-  if (guest.sent >= guest.toSend && !guest.ended) {
-    guest.ended = true;
-    guest.net.end(socket);
-  }
-  guest.stack.poll();
-}
-
 interface Run {
   a: Guest;
   b: Guest;
@@ -340,8 +275,8 @@ function exchange(
   for (let step = 0; step < 30_000; step++) {
     world.nowMs += 1;
     options.steps?.(world, step, run);
-    runProgram(a, options.chunk);
-    runProgram(b, options.chunk);
+    runTestProgram(a, { chunkBytes: options.chunk, readBytes: 65536, writesMax: 16 });
+    runTestProgram(b, { chunkBytes: options.chunk, readBytes: 65536, writesMax: 16 });
     world.switchFrames();
     world.runQueue();
     if (a.ended && b.ended && a.peerEnded && b.peerEnded) break;
