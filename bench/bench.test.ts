@@ -7,10 +7,17 @@ import { describe, it } from 'node:test';
 import { logDirtyCost } from './memory/log-dirty.bench.ts';
 import { preCopyModel } from './migration/model.bench.ts';
 import { migrationThroughput } from './migration/throughput.bench.ts';
+import { channelVsNetfront } from './net/channel.bench.ts';
 import { netfrontThroughput } from './net/netfront.bench.ts';
 
 describe('benchmarks in smoke mode', () => {
-  for (const bench of [logDirtyCost, migrationThroughput, preCopyModel, netfrontThroughput]) {
+  for (const bench of [
+    logDirtyCost,
+    migrationThroughput,
+    preCopyModel,
+    netfrontThroughput,
+    channelVsNetfront,
+  ]) {
     it(`${bench.id} runs and reports finite figures`, async () => {
       const figures = await bench.run('smoke');
       assert.ok(figures.length > 0);

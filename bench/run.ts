@@ -10,6 +10,7 @@ import { type BenchFigure, type BenchMode, type Benchmark, machine } from './har
 import { logDirtyCost } from './memory/log-dirty.bench.ts';
 import { preCopyModel } from './migration/model.bench.ts';
 import { migrationThroughput } from './migration/throughput.bench.ts';
+import { channelVsNetfront } from './net/channel.bench.ts';
 import { netfrontThroughput } from './net/netfront.bench.ts';
 
 export const BENCHMARKS: Benchmark[] = [
@@ -17,6 +18,7 @@ export const BENCHMARKS: Benchmark[] = [
   migrationThroughput,
   preCopyModel,
   netfrontThroughput,
+  channelVsNetfront,
 ];
 
 const mode = (process.env.BENCH_MODE ?? 'real') as BenchMode;

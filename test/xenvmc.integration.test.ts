@@ -30,11 +30,15 @@ type View = DomainSummary & {
 const clusters: LocalCluster[] = [];
 after(() => Promise.all(clusters.map((c) => c.stop())));
 
-async function cluster(mode: XenvmcMode): Promise<[LocalHost, LocalHost]> {
+async function cluster(
+  mode: XenvmcMode,
+  extraArgs: string[] = [],
+): Promise<[LocalHost, LocalHost]> {
   const started = await LocalCluster.start({
     hostNames: ['h1', 'h2'],
     link: '1gbit',
     xenvmcMode: mode,
+    hostArgs: { h1: extraArgs, h2: extraArgs },
   });
   clusters.push(started);
   return [started.host('h1'), started.host('h2')];
@@ -221,6 +225,22 @@ describe('XENVMC between host processes', () => {
     assert.ok(
       laterSockbufPages.advance! < laterSockbufPages.off!,
       `and fewer socket-buffer pages: ${context}`,
+    );
+  });
+
+  it('sends the channel pages the domain granted with it only when told to (real Xen grants)', async () => {
+    const [h1, h2] = await cluster('advance', ['--migrate-channel-pages']);
+    const { client } = await pair(h1, h1, { tag: 'grants', bytes: 1 << 30, memory: '32MiB' });
+    await sleepMs(400);
+    // The client offered the channel, so it granted the region: its pages go with it.
+    const record = await migrateAndWait(h1, client, h2.link);
+    assert.equal(record.status, 'completed', JSON.stringify(record.error));
+    const stats = record.stats as MigrationStats;
+    assert.equal(stats.migrateChannelPages, true, 'the statistics say channel pages were migrated');
+    assert.ok(stats.channelPagesSent > 0, `channel pages sent: ${stats.channelPagesSent}`);
+    assert.ok(
+      stats.pagesSent >= stats.vmemPages + stats.channelPagesSent,
+      'and they count in Vmig',
     );
   });
 });

@@ -35,6 +35,7 @@ export interface DemoStreamOptions {
   json: boolean;
   quiet: boolean;
   migrateAfter: string;
+  migrateChannelPages?: boolean;
 }
 
 interface XenvmcView {
@@ -73,6 +74,9 @@ export interface DemoStreamResult {
   channelCancelledAfterMs: number | null;
   channelEvents: string[];
   migratingDomainSentByRegion: Record<string, number> | null;
+  /** Channel pages were sent with the migrating domain (real Xen's grant behaviour). */
+  migrateChannelPages: boolean;
+  channelPagesSent: number;
   streamErrors: number;
   /** The last error each program saw, if any (a correct run has none). */
   streamErrorMessages: string[];
@@ -112,7 +116,16 @@ export async function runDemoStream(options: DemoStreamOptions): Promise<DemoStr
   const cluster = await LocalCluster.start({
     hostNames: ['h1', 'h2'],
     link: options.link,
-    hostArgs: { h1: ['--xenvmc-mode', mode], h2: ['--xenvmc-mode', mode] },
+    hostArgs: Object.fromEntries(
+      ['h1', 'h2'].map((name) => [
+        name,
+        [
+          '--xenvmc-mode',
+          mode,
+          ...(options.migrateChannelPages ? ['--migrate-channel-pages'] : []),
+        ],
+      ]),
+    ),
   });
   try {
     const [h1, h2] = [cluster.host('h1'), cluster.host('h2')];
@@ -199,6 +212,8 @@ export async function runDemoStream(options: DemoStreamOptions): Promise<DemoStr
           : null,
       channelEvents: cancelEvents.map((e) => e.what),
       migratingDomainSentByRegion: migration?.sentByRegion ?? null,
+      migrateChannelPages: Boolean(options.migrateChannelPages),
+      channelPagesSent: migration?.channelPagesSent ?? 0,
       streamErrors: server.errors + client.errors,
       streamErrorMessages: [server, client]
         .filter((s) => s.errors > 0)
@@ -308,6 +323,12 @@ export function printStreamResult(result: DemoStreamResult): void {
         Object.entries(m.sentByRegion)
           .map(([k, v]) => `${k} ${v}`)
           .join(', '),
+      ],
+      [
+        'channel pages sent',
+        m.migrateChannelPages
+          ? String(m.channelPagesSent)
+          : 'none (channel memory is not migrated)',
       ],
       [
         'Tmig / downtime',

@@ -25,6 +25,8 @@ export interface HostCommandOptions {
   xenvmcMode?: string;
   /** Other hosts' link addresses (their --listen), told where our domains are. */
   peer?: string[];
+  /** Send XENVMC channel pages with a migrating domain (real Xen's behaviour). */
+  migrateChannelPages?: boolean;
 }
 
 /** Checks a `--xenvmc-mode` value. */
@@ -62,6 +64,8 @@ export async function runHost(options: HostCommandOptions): Promise<void> {
         ? parseDurationMs(options.stallTimeout, '--stall-timeout')
         : undefined,
       xenvmcMode: parseXenvmcMode(options.xenvmcMode ?? 'off', '--xenvmc-mode'),
+      dom0Ip: options.dom0Ip,
+      migrateChannelPages: Boolean(options.migrateChannelPages),
       log,
     },
   );

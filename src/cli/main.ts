@@ -71,6 +71,10 @@ program
     "Dom0's own IP on the testbed network (port forwarding); unique per host",
   )
   .option(
+    '--migrate-channel-pages',
+    "send the XENVMC channel pages a domain granted with it, as real Xen would (default: not, the paper's premise)",
+  )
+  .option(
     '--peer <addr>',
     "another host's link address (repeat for each); guests here can then reach its domains",
     (value: string, previous: string[] = []) => [...previous, value],
@@ -267,6 +271,10 @@ demo
     '500ms',
   )
   .option('--memory <size>', 'guest memory of each domain', '64MiB')
+  .option(
+    '--migrate-channel-pages',
+    "send channel pages with the migrating domain (real Xen's grant behaviour)",
+  )
   .option('--link <rate>', 'link rate between the hosts', '1gbit')
   .addOption(
     new Option('--policy <policy>', 'stop policy')

@@ -365,6 +365,14 @@ export class GrantTable {
   }
 
   /** Live grants and event channels `domId` is an end of (for statistics and tests). */
+  /** The regions `domId` granted: in Xen these are pages of the granter's own memory. */
+  regionsGrantedBy(domId: number): SharedArrayBuffer[] {
+    const regions: SharedArrayBuffer[] = [];
+    for (const entry of this.grants.values())
+      if (entry.granterDomId === domId) regions.push(entry.region);
+    return regions;
+  }
+
   heldBy(domId: number): { grants: number; evtchns: number } {
     let grants = 0;
     let evtchns = 0;

@@ -15,6 +15,7 @@ import { formatBytes, PAGE_SIZE_BYTES } from '../core/units.ts';
 import type { ProgramSpec } from '../guest/kernel.ts';
 import { GuestMemory } from '../memory/guest-memory.ts';
 import { defaultLayout, type MemoryLayout, type RegionName } from '../memory/layout.ts';
+import { ChannelPagesTracker } from '../migration/channel-pages.ts';
 import type { DomainInfo } from '../migration/codec.ts';
 import { policyByName } from '../migration/policy.ts';
 import { receiveMigration, STALL_TIMEOUT_MS } from '../migration/receiver.ts';
@@ -52,6 +53,12 @@ export interface HostInit {
   memoryLimitBytes?: number;
   /** A link that moves no migration data for this long has failed. @default 30 s */
   stallTimeoutMs?: number;
+  /**
+   * Send the XENVMC channel regions a domain granted along with it, as real Xen would (its
+   * grant pages are its own memory, marked dirty when a mapping is removed). @default false:
+   * the paper's premise, channel memory is not migrated.
+   */
+  migrateChannelPages?: boolean;
   /** The link sampler's interval. @default 100 ms */
   sampleIntervalMs?: number;
   /**
@@ -465,6 +472,9 @@ export class Host {
             },
             policy,
             xenvmcMode: this.xenvmcMode,
+            channelPages: this.init.migrateChannelPages
+              ? new ChannelPagesTracker(() => this.grants.regionsGrantedBy(domain.identity.domId))
+              : undefined,
             sourceHost: this.name,
             targetHost: link.peerHost || targetLabel,
             linkBytesPerSec: this.init.linkBytesPerSec,

@@ -582,7 +582,7 @@ describe('StreamDecoder rejects', () => {
   it('an unknown record type with STREAM_UNKNOWN_RECORD', () => {
     assert.equal(rejectCode([forgeRecord(0, new Uint8Array(0))]), 'STREAM_UNKNOWN_RECORD');
     assert.equal(
-      rejectCode([...prefix(), forgeRecord(6, new Uint8Array(8))]),
+      rejectCode([...prefix(), forgeRecord(7, new Uint8Array(8))]),
       'STREAM_UNKNOWN_RECORD',
     );
   });

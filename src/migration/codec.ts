@@ -115,6 +115,12 @@ export type MigrationRecord =
       data: Uint8Array;
     }
   | { type: 'guestState'; state: Uint8Array }
+  /**
+   * Pages of the XENVMC channel regions the domain holds, sent only when the source host
+   * models real Xen's grant behaviour (`--migrate-channel-pages`). The target counts them and
+   * drops them: a channel never survives onto another host.
+   */
+  | { type: 'channelPages'; pageCount: number; data: Uint8Array }
   | { type: 'end' };
 
 /** Record type codes on the wire. */
@@ -124,6 +130,7 @@ export const RECORD_TYPE = {
   pageBatch: 3,
   guestState: 4,
   end: 5,
+  channelPages: 6,
 } as const;
 
 /** A record type's name as written in error messages and docs. */
@@ -133,6 +140,7 @@ const RECORD_TYPE_NAMES: Record<number, string> = {
   3: 'PAGE_BATCH',
   4: 'GUEST_STATE',
   5: 'END',
+  6: 'CHANNEL_PAGES',
 };
 
 /** u32 type + u32 bodyLength. */
@@ -281,6 +289,27 @@ export function encodeGuestState(state: Uint8Array): Uint8Array {
 }
 
 /** The END record: the source has sent everything; the target may resume the domain. */
+/** Builds a CHANNEL_PAGES record from whole pages (at most 1024). */
+export function encodeChannelPages(pages: readonly Uint8Array[]): Uint8Array {
+  assert(
+    pages.length >= 1 && pages.length <= MAX_BATCH_PAGES,
+    `channel batch of ${pages.length} pages`,
+  );
+  const record = allocateRecord(RECORD_TYPE.channelPages, 8 + pages.length * PAGE_SIZE_BYTES);
+  const body = RECORD_HEADER_BYTES;
+  pages.forEach((page, i) => {
+    assert.equal(page.byteLength, PAGE_SIZE_BYTES, 'a channel page is 4 KiB');
+    record.set(page, body + 8 + i * PAGE_SIZE_BYTES);
+  });
+  writeU32(record, body, pages.length);
+  writeU32(
+    record,
+    body + 4,
+    crc32(record.subarray(body + 8, body + 8 + pages.length * PAGE_SIZE_BYTES)),
+  );
+  return record;
+}
+
 export function encodeEnd(): Uint8Array {
   return allocateRecord(RECORD_TYPE.end, 0);
 }
@@ -487,10 +516,13 @@ const LEGAL_NEXT: Record<DecoderPhase, { types: readonly number[]; expected: str
   header: { types: [RECORD_TYPE.header], expected: 'HEADER' },
   domainInfo: { types: [RECORD_TYPE.domainInfo], expected: 'DOMAIN_INFO' },
   precopy: {
-    types: [RECORD_TYPE.pageBatch, RECORD_TYPE.guestState],
-    expected: 'PAGE_BATCH or GUEST_STATE',
+    types: [RECORD_TYPE.pageBatch, RECORD_TYPE.channelPages, RECORD_TYPE.guestState],
+    expected: 'PAGE_BATCH, CHANNEL_PAGES or GUEST_STATE',
   },
-  afterState: { types: [RECORD_TYPE.pageBatch, RECORD_TYPE.end], expected: 'PAGE_BATCH or END' },
+  afterState: {
+    types: [RECORD_TYPE.pageBatch, RECORD_TYPE.channelPages, RECORD_TYPE.end],
+    expected: 'PAGE_BATCH, CHANNEL_PAGES or END',
+  },
   ended: { types: [], expected: 'nothing after END' },
 };
 
@@ -501,6 +533,7 @@ const MAX_BODY_BYTES: Record<number, number> = {
   [RECORD_TYPE.pageBatch]: MAX_RECORD_BODY_BYTES,
   [RECORD_TYPE.guestState]: MAX_GUEST_STATE_BYTES,
   [RECORD_TYPE.end]: 0,
+  [RECORD_TYPE.channelPages]: 8 + MAX_BATCH_PAGES * PAGE_SIZE_BYTES,
 };
 
 /** Options of `StreamDecoder`. */
@@ -777,11 +810,36 @@ export class StreamDecoder {
       case RECORD_TYPE.guestState:
         this.phase = 'afterState';
         return { type: 'guestState', state: bytes.subarray(start, bodyEnd) };
+      case RECORD_TYPE.channelPages:
+        return this.decodeChannelPages(bytes, start);
       default:
         assert.equal(this.recordType, RECORD_TYPE.end);
         this.phase = 'ended';
         return { type: 'end' };
     }
+  }
+
+  /** CHANNEL_PAGES body: u32 pageCount | u32 crc32 of the data | pageCount x 4096 bytes. */
+  private decodeChannelPages(bytes: Uint8Array, start: number): MigrationRecord {
+    const pageCount = this.bodyLength >= 8 ? readU32(bytes, start) : -1;
+    if (
+      pageCount < 1 ||
+      pageCount > MAX_BATCH_PAGES ||
+      this.bodyLength !== 8 + pageCount * PAGE_SIZE_BYTES
+    ) {
+      throw this.error(
+        'STREAM_MALFORMED',
+        `CHANNEL_PAGES body of ${this.bodyLength} bytes does not hold ${pageCount} pages (1..${MAX_BATCH_PAGES})`,
+      );
+    }
+    const data = bytes.subarray(start + 8, start + this.bodyLength);
+    if (crc32(data) !== readU32(bytes, start + 4)) {
+      throw this.error(
+        'STREAM_CHECKSUM',
+        `CHANNEL_PAGES of ${pageCount} pages failed its CRC-32 check`,
+      );
+    }
+    return { type: 'channelPages', pageCount, data };
   }
 
   private decodeHeader(bytes: Uint8Array, start: number): MigrationRecord {

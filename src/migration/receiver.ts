@@ -52,6 +52,7 @@ export async function receiveMigration(
   let crcTable: Uint32Array | null = null;
   let guestState: Uint8Array | null = null;
   let pagesReceived = 0;
+  let channelPagesReceived = 0;
   let done = false;
   socket.setTimeout(stallTimeoutMs, () =>
     socket.destroy(
@@ -112,6 +113,10 @@ export async function receiveMigration(
       case 'guestState':
         guestState = record.state.slice();
         return;
+      case 'channelPages':
+        // Validated (CRC) and counted; a channel never survives onto another host.
+        channelPagesReceived += record.pageCount;
+        return;
       case 'end': {
         const digest = digestCrcTable(crcTable!);
         await host.activate(info!, guestState!);
@@ -147,7 +152,7 @@ export async function receiveMigration(
     socket.setTimeout(0);
     return {
       info: info!,
-      pagesReceived,
+      pagesReceived: pagesReceived + channelPagesReceived,
       guestStateBytes: (guestState as Uint8Array | null)?.byteLength ?? 0,
     };
   } catch (error) {

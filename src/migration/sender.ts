@@ -14,8 +14,10 @@ import { TestbedError } from '../core/errors.ts';
 import type { ControlReader } from '../hypervisor/peer-link.ts';
 import type { GuestMemory } from '../memory/guest-memory.ts';
 import { emptyRegionCounts, type RegionCounts } from '../memory/layout.ts';
+import type { ChannelPagesSource } from './channel-pages.ts';
 import {
   type DomainInfo,
+  encodeChannelPages,
   encodeDomainInfo,
   encodeEnd,
   encodeGuestState,
@@ -66,6 +68,8 @@ export interface SenderInit {
   /** Time already spent before the sender ran (connect, authenticate). */
   setupStartedMs: number;
   startedAt: string;
+  /** The channel regions to send with the domain (`--migrate-channel-pages`), if any. */
+  channelPages?: ChannelPagesSource;
 }
 
 interface RoundResult {
@@ -73,6 +77,7 @@ interface RoundResult {
   zeroPages: number;
   bytesOnWire: number;
   sentByRegion: RegionCounts;
+  channelPagesSent: number;
 }
 
 export async function sendMigration(
@@ -107,13 +112,25 @@ export async function sendMigration(
     round: number,
     phase: RoundPhase,
     pages: Uint32Array,
+    channelPages: Uint8Array[],
   ): Promise<RoundResult> => {
     const result: RoundResult = {
       pagesSent: 0,
       zeroPages: 0,
       bytesOnWire: 0,
       sentByRegion: emptyRegionCounts(),
+      channelPagesSent: 0,
     };
+    for (let first = 0; first < channelPages.length; first += MAX_BATCH_PAGES) {
+      const record = encodeChannelPages(channelPages.slice(first, first + MAX_BATCH_PAGES));
+      await send(record);
+      const count = Math.min(MAX_BATCH_PAGES, channelPages.length - first);
+      result.pagesSent += count;
+      result.channelPagesSent += count;
+      result.bytesOnWire += record.byteLength;
+      pagesSentTotal += count;
+      bytesOnWire += record.byteLength;
+    }
     for (let first = 0; first < pages.length; first += MAX_BATCH_PAGES) {
       const batch = pages.subarray(first, first + MAX_BATCH_PAGES);
       const into = recordBuffers[nextRecordBuffer]!;
@@ -148,19 +165,30 @@ export async function sendMigration(
 
     let round = 1;
     let pages = allPages(vmemPages);
+    // Channel pages (only with --migrate-channel-pages): all of them in round 1, then those
+    // that changed during a round are dirty pages like any other, sent by the next round.
+    let channelPages = init.channelPages?.take(false) ?? [];
     let stopReason = '';
     for (;;) {
       const roundStartMs = clock.nowMs();
-      const sent = await sendRound(round, 'precopy', pages);
+      const sent = await sendRound(round, 'precopy', pages, channelPages);
       const dirty = memory.peekAndClean();
+      channelPages = init.channelPages?.take(false) ?? [];
       const durationMs = clock.nowMs() - roundStartMs;
       rounds.push(
-        roundRow(round, 'precopy', sent, dirty.length, memory.countByRegion(dirty), durationMs),
+        roundRow(
+          round,
+          'precopy',
+          sent,
+          dirty.length + channelPages.length,
+          memory.countByRegion(dirty),
+          durationMs,
+        ),
       );
       const decision = policy.decide({
         round,
         pagesSentTotal,
-        dirtyPageCount: dirty.length,
+        dirtyPageCount: dirty.length + channelPages.length,
         vmemPages,
         lastRoundPagesSent: sent.pagesSent,
         lastRoundDurationMs: durationMs,
@@ -185,7 +213,13 @@ export async function sendMigration(
     paused = true;
     const finalPages = mergeSorted(pages, memory.peekAndClean());
     const finalStartMs = clock.nowMs();
-    const sent = await sendRound(round + 1, 'stopCopy', finalPages);
+    // The pause removes the channel mappings, which marks every channel page dirty.
+    const sent = await sendRound(
+      round + 1,
+      'stopCopy',
+      finalPages,
+      init.channelPages?.take(true) ?? [],
+    );
     await send(encodeGuestState(guestState));
     await send(encodeEnd());
     bytesOnWire += guestStateBytes;
@@ -226,6 +260,8 @@ export async function sendMigration(
       roundCount: rounds.length,
       rounds,
       sentByRegion,
+      migrateChannelPages: init.channelPages !== undefined,
+      channelPagesSent: rounds.reduce((sum, row) => sum + row.channelPagesSent, 0),
       guestStateBytes,
       memoryVerified,
       startedAt: init.startedAt,
@@ -299,6 +335,7 @@ function roundRow(
     rateBytesPerSec: durationMs > 0 ? (sent.bytesOnWire * 1000) / durationMs : 0,
     sentByRegion: sent.sentByRegion,
     dirtiedByRegion,
+    channelPagesSent: sent.channelPagesSent,
   };
 }
 

@@ -29,6 +29,8 @@ export interface RoundStats {
   rateBytesPerSec: number;
   sentByRegion: RegionCounts;
   dirtiedByRegion: RegionCounts;
+  /** Pages of XENVMC channel regions sent in this round (only with `--migrate-channel-pages`). */
+  channelPagesSent: number;
 }
 
 export interface MigrationStats {
@@ -51,6 +53,14 @@ export interface MigrationStats {
   roundCount: number;
   rounds: RoundStats[];
   sentByRegion: RegionCounts;
+  /**
+   * Whether the channel regions the domain granted were sent with it, as real Xen would (a page
+   * written through a grant mapping is marked dirty when the mapping is removed); off by
+   * default, the paper's premise that channel memory is not migrated.
+   */
+  migrateChannelPages: boolean;
+  /** Pages of channel regions sent, all rounds (included in `pagesSent`). */
+  channelPagesSent: number;
   guestStateBytes: number;
   /** Every page's CRC-32 on the target at resume equals the source's at the pause. */
   memoryVerified: boolean;
