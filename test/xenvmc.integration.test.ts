@@ -243,4 +243,27 @@ describe('XENVMC between host processes', () => {
       'and they count in Vmig',
     );
   });
+
+  for (const mode of ['xenvmc', 'advance'] as const) {
+    it(`sets up a new channel when the two peers are co-resident again (${mode})`, async () => {
+      const [h1, h2] = await cluster(mode);
+      const { server, client } = await pair(h1, h1, { tag: `again${mode}`, bytes: 1 << 30 });
+      await sleepMs(400);
+      for (const name of [server, client]) {
+        const record = await migrateAndWait(h1, name, h2.link);
+        assert.equal(record.status, 'completed', JSON.stringify(record.error));
+      }
+      // Both on h2 now: the client's analyzer offers a fresh channel over there.
+      let setUp = 0;
+      for (let i = 0; i < 100 && setUp < 2; i++) {
+        await sleepMs(50);
+        setUp = (await view(h2, client)).stats.xenvmc.counters.channelsSetUp;
+      }
+      assert.equal(setUp, 2, 'one channel on h1, a new one on h2');
+      const table = (await view(h2, client)).stats.xenvmc.coResidents;
+      assert.equal(table.length, 1, "the server is the client's co-resident again");
+      assert.equal(table[0]!.connections.length, 1, 'with the new connection in its table');
+      for (const name of [server, client]) await h2.client.delete(`/v1/domains/${name}`);
+    });
+  }
 });
