@@ -97,7 +97,8 @@ export async function sendMigration(
   // Records are built in two buffers used in turn, allocated (and page-faulted) once: a fresh
   // 4 MiB buffer per batch costs as much as checksumming it (first touch is 13.7 us/page
   // here). Reuse is safe because `send` resolves only once the shaper has handed the whole
-  // record to the kernel (it awaits 'drain'); the second buffer is a margin, not a need.
+  // record to the kernel (it awaits 'drain'), and a buffer is written again only after the
+  // send of the record it held resolved.
   const recordBuffers = [0, 1].map(() => new Uint8Array(recordBytes(MAX_RECORD_BODY_BYTES)));
   let nextRecordBuffer = 0;
   const progress = (p: Omit<MigrationProgress, 'elapsedMs' | 'pagesSentTotal' | 'bytesOnWire'>) =>
@@ -131,12 +132,17 @@ export async function sendMigration(
       pagesSentTotal += count;
       bytesOnWire += record.byteLength;
     }
+    // One record in flight while the next is encoded (into the other buffer): checksumming
+    // overlaps the kernel's copy. The previous write is awaited before the next is issued, so
+    // a buffer is reused only once its record was handed to the kernel.
+    let inFlight: Promise<void> | null = null;
     for (let first = 0; first < pages.length; first += MAX_BATCH_PAGES) {
       const batch = pages.subarray(first, first + MAX_BATCH_PAGES);
       const into = recordBuffers[nextRecordBuffer]!;
       nextRecordBuffer = 1 - nextRecordBuffer;
       const encoded = encodePageBatch(round, batch, memory.bytes, { into });
-      await send(encoded.record);
+      if (inFlight) await inFlight;
+      inFlight = send(encoded.record);
       result.pagesSent += batch.length;
       result.zeroPages += encoded.zeroPages;
       result.bytesOnWire += encoded.record.byteLength;
@@ -144,6 +150,7 @@ export async function sendMigration(
       bytesOnWire += encoded.record.byteLength;
       progress({ phase, round, pagesInRound: pages.length, pagesSentInRound: result.pagesSent });
     }
+    if (inFlight) await inFlight;
     const byRegion = memory.countByRegion(pages);
     result.sentByRegion = byRegion;
     return result;
