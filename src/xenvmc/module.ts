@@ -273,7 +273,9 @@ export class XenvmcModule implements CarrierModule {
     }
     if (connection.phase !== 'ready' || !runtime) return connection.sending ? 0 : null;
     if (!connection.sending) {
-      if (!carried.stream.sendQuiescent) return null;
+      // The channel is ready but netfront still has bytes in flight: hold new bytes back
+      // until netfront has delivered them all, else a busy stream would never switch over.
+      if (!carried.stream.sendQuiescent) return canSwitch(carried.stream) ? 0 : null;
       runtime.out = SharedFifo.create(this.placement(runtime, connection, 'out'), {
         baseOffset: carried.stream.state.sendWritten,
       });
@@ -324,6 +326,10 @@ export class XenvmcModule implements CarrierModule {
 
   freeBytes(carried: CarriedStream): number | null {
     const connection = this.connectionOf(carried);
+    if (connection?.phase === 'ready' && !connection.sending && canSwitch(carried.stream)) {
+      // Waiting for netfront to drain before the switch: writable once it has.
+      return carried.stream.sendQuiescent ? connection.fifoBytes : 0;
+    }
     if (!connection?.sending || connection.reclaimed) return null;
     if (connection.phase !== 'ready') return 0;
     return this.runtime.get(connection.keyText)?.out?.freeBytes ?? 0;
@@ -697,6 +703,12 @@ export class XenvmcModule implements CarrierModule {
 }
 
 const EMPTY = new Uint8Array(0);
+
+/** A direction may still move onto the channel: the stream is open and not ended. */
+function canSwitch(stream: StreamConnection): boolean {
+  const state = stream.state;
+  return state.phase === 'established' && state.sendFinOffset === null;
+}
 
 function fifoStride(capacityBytes: number): number {
   return Math.ceil(fifoBytesNeeded(capacityBytes) / 64) * 64;
