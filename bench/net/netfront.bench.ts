@@ -19,13 +19,13 @@
  * h1 would be refused as EHOSTUNREACH. The listening domain is therefore created on h1 and
  * migrated, idle, to h2 before its peer is created on h1: h1 then routes its IP to h2.
  */
-import { Worker } from 'node:worker_threads';
 import { sleepMs } from '../../src/core/clock.ts';
 import { LocalCluster, type LocalHost } from '../../src/experiments/local-cluster.ts';
 import type { DomainSummary } from '../../src/hypervisor/host.ts';
 import type { NetbenchParams } from '../../src/workloads/netbench.ts';
 import { migrateAndWait } from '../../test/support/hosts.ts';
 import { type BenchFigure, type BenchMode, type Benchmark, median, param } from '../harness.ts';
+import { quantile, tcpRoundTrips, tcpThroughput } from './tcp-baseline.ts';
 
 /** Message sizes of the throughput figures (issue 3: 64 B to 1 MiB). */
 const MESSAGE_SIZES_BYTES = [64, 4096, 64 * 1024, 1024 * 1024] as const;
@@ -75,150 +75,6 @@ function sizeLabel(bytes: number): string {
   if (bytes >= 1024 * 1024) return `${bytes / (1024 * 1024)} MiB`;
   if (bytes >= 1024) return `${bytes / 1024} KiB`;
   return `${bytes} B`;
-}
-
-// ---- kernel TCP loopback between two worker threads -------------------------------------------
-
-/**
- * The workers' code: plain JavaScript evaluated in each worker (no TypeScript loader needed
- * there). Roles: `sink` and `echo` listen on 127.0.0.1 port 0 and post their port; `source`
- * and `ping` connect to it. The sink times its arrivals as the netbench sink does.
- */
-const TCP_WORKER_CODE = `
-const { parentPort, workerData } = require('node:worker_threads');
-const net = require('node:net');
-const { role, port, bytes, messageBytes, rounds, warmupRounds } = workerData;
-if (role === 'sink' || role === 'echo') {
-  const server = net.createServer((socket) => {
-    server.close();
-    let received = 0, firstMs = -1, lastMs = -1, firstBytes = 0;
-    if (role === 'echo') socket.setNoDelay(true);
-    socket.on('data', (chunk) => {
-      if (role === 'echo') { socket.write(chunk); return; }
-      const nowMs = performance.now();
-      if (firstMs < 0) { firstMs = nowMs; firstBytes = chunk.length; }
-      lastMs = nowMs;
-      received += chunk.length;
-    });
-    socket.on('end', () => {
-      socket.end();
-      const elapsedMs = lastMs - firstMs;
-      if (role === 'sink') parentPort.postMessage({ received, firstBytes, elapsedMs });
-    });
-  });
-  server.listen(0, '127.0.0.1', () => parentPort.postMessage({ port: server.address().port }));
-} else if (role === 'source') {
-  const message = Buffer.alloc(messageBytes, 7);
-  let sent = 0;
-  const socket = net.connect(port, '127.0.0.1', () => {
-    const pump = () => {
-      while (sent < bytes) {
-        const size = Math.min(messageBytes, bytes - sent);
-        sent += size;
-        if (!socket.write(size === messageBytes ? message : message.subarray(0, size))) {
-          socket.once('drain', pump);
-          return;
-        }
-      }
-      socket.end();
-    };
-    pump();
-  });
-  socket.resume();
-  socket.on('close', () => parentPort.postMessage({ sent }));
-} else {
-  const message = Buffer.alloc(messageBytes, 7);
-  const rttMs = [];
-  let done = 0, roundBytes = 0, roundStartMs = 0;
-  const socket = net.connect(port, '127.0.0.1', () => {
-    socket.setNoDelay(true);
-    roundStartMs = performance.now();
-    socket.write(message);
-  });
-  socket.on('data', (chunk) => {
-    roundBytes += chunk.length;
-    if (roundBytes < messageBytes) return;
-    const nowMs = performance.now();
-    if (done >= warmupRounds) rttMs.push(nowMs - roundStartMs);
-    done++;
-    roundBytes = 0;
-    if (done === warmupRounds + rounds) { socket.end(); return; }
-    roundStartMs = nowMs;
-    socket.write(message);
-  });
-  socket.on('close', () => parentPort.postMessage({ rttMs }));
-}
-`;
-
-/** Runs one worker of `TCP_WORKER_CODE`; `messages` yields what it posts, in order. */
-function startTcpWorker(data: Record<string, number | string>): {
-  worker: Worker;
-  next: <T>() => Promise<T>;
-} {
-  const worker = new Worker(TCP_WORKER_CODE, { eval: true, workerData: data });
-  const queue: unknown[] = [];
-  const waiters: { resolve: (value: unknown) => void; reject: (error: Error) => void }[] = [];
-  let failure: Error | null = null;
-  worker.on('message', (message) => {
-    const waiter = waiters.shift();
-    if (waiter) waiter.resolve(message);
-    else queue.push(message);
-  });
-  worker.on('error', (error) => {
-    failure = error;
-    for (const waiter of waiters.splice(0)) waiter.reject(error);
-  });
-  const next = <T>(): Promise<T> => {
-    if (queue.length > 0) return Promise.resolve(queue.shift() as T);
-    if (failure) return Promise.reject(failure);
-    return new Promise<T>((resolve, reject) =>
-      waiters.push({ resolve: resolve as (value: unknown) => void, reject }),
-    );
-  };
-  return { worker, next };
-}
-
-/** Kernel TCP loopback throughput in bytes/s, timed by the sink like the netbench sink. */
-async function tcpThroughput(messageBytes: number, bytes: number): Promise<number> {
-  const sink = startTcpWorker({ role: 'sink' });
-  try {
-    const { port } = await sink.next<{ port: number }>();
-    const source = startTcpWorker({ role: 'source', port, bytes, messageBytes });
-    try {
-      const result = await sink.next<{ received: number; firstBytes: number; elapsedMs: number }>();
-      if (result.received !== bytes)
-        throw new Error(`kernel TCP sink got ${result.received} of ${bytes} B`);
-      return ((result.received - result.firstBytes) * 1000) / result.elapsedMs;
-    } finally {
-      await source.worker.terminate();
-    }
-  } finally {
-    await sink.worker.terminate();
-  }
-}
-
-/** Kernel TCP loopback round-trip times in ms (ping-pong with setNoDelay). */
-async function tcpRoundTrips(rounds: number, warmupRounds: number): Promise<number[]> {
-  const echo = startTcpWorker({ role: 'echo' });
-  try {
-    const { port } = await echo.next<{ port: number }>();
-    const ping = startTcpWorker({
-      role: 'ping',
-      port,
-      messageBytes: PING_MESSAGE_BYTES,
-      rounds,
-      warmupRounds,
-    });
-    try {
-      const { rttMs } = await ping.next<{ rttMs: number[] }>();
-      if (rttMs.length !== rounds) throw new Error(`kernel TCP ping made ${rttMs.length} rounds`);
-      return rttMs;
-    } finally {
-      await ping.worker.terminate();
-    }
-  } finally {
-    await echo.worker.terminate();
-  }
 }
 
 // ---- the netfront path ------------------------------------------------------------------------
@@ -363,12 +219,6 @@ async function measureNetfrontRoundTrips(
   return { medianMs: result.connector.rttMedianMs, p99Ms: result.connector.rttP99Ms };
 }
 
-/** The nearest-rank `fraction` quantile. */
-function quantile(values: number[], fraction: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.max(1, Math.ceil(fraction * sorted.length)) - 1]!;
-}
-
 // ---- the benchmark ----------------------------------------------------------------------------
 
 /**
@@ -422,7 +272,7 @@ export const netfrontThroughput: Benchmark = {
           });
         }
       }
-      const tcpRtts = await tcpRoundTrips(s.pingRounds, s.pingWarmupRounds);
+      const tcpRtts = await tcpRoundTrips(s.pingRounds, s.pingWarmupRounds, PING_MESSAGE_BYTES);
       const tcpRtt = { medianMs: median(tcpRtts), p99Ms: quantile(tcpRtts, 0.99) };
       for (const placement of placements) {
         const rtt = await measureNetfrontRoundTrips(runner, placement, s);

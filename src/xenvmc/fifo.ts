@@ -354,6 +354,22 @@ export class SharedFifo {
     return out;
   }
 
+  /** Receiver: asks to be woken (Dekker re-check); returns the bytes pending now. */
+  armReceiverWaiting(): number {
+    Atomics.store(this.words, RECEIVER_WAITING_WORD, 1);
+    const pending = this.pendingBytes;
+    if (pending > 0) Atomics.store(this.words, RECEIVER_WAITING_WORD, 0);
+    return pending;
+  }
+
+  /** Sender: asks to be woken (Dekker re-check); returns the free bytes now. */
+  armSenderWaiting(): number {
+    Atomics.store(this.words, SENDER_WAITING_WORD, 1);
+    const free = this.freeBytes;
+    if (free > 0) Atomics.store(this.words, SENDER_WAITING_WORD, 0);
+    return free;
+  }
+
   /** Sender, after a write: true if the receiver asked to be woken; clears the request. */
   takeReceiverWaiting(): boolean {
     return takeFlag(this.words, RECEIVER_WAITING_WORD);

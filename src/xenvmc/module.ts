@@ -272,6 +272,7 @@ export class XenvmcModule implements CarrierModule {
       return connection.sending && !connection.reclaimed ? 0 : null;
     }
     if (connection.phase !== 'ready' || !runtime) return connection.sending ? 0 : null;
+    let fresh = false;
     if (!connection.sending) {
       // The channel is ready but netfront still has bytes in flight: hold new bytes back
       // until netfront has delivered them all, else a busy stream would never switch over.
@@ -280,6 +281,7 @@ export class XenvmcModule implements CarrierModule {
         baseOffset: carried.stream.state.sendWritten,
       });
       connection.sending = true;
+      fresh = true;
     }
     if (runtime.out!.state !== 'open') {
       // The peer stopped reading (it cancelled; its message may still be on its way).
@@ -298,7 +300,8 @@ export class XenvmcModule implements CarrierModule {
       carried.stream.sentByCarrier(taken);
       connection.bytesSent += taken;
       this.state.counters.channelBytesSent += taken;
-      if (runtime.out!.takeReceiverWaiting()) runtime.endpoint?.postMessage(0);
+      // A fresh FIFO: the reader never found it, so it raised no waiting flag; wake it anyway.
+      if (runtime.out!.takeReceiverWaiting() || fresh) runtime.endpoint?.postMessage(0);
     }
     return taken;
   }
@@ -321,7 +324,10 @@ export class XenvmcModule implements CarrierModule {
     const connection = this.connectionOf(carried);
     const fifo =
       connection && !connection.receiveDone ? this.incoming(connection, carried.stream) : null;
-    return fifo ? fifo.pendingBytes : 0;
+    if (!fifo) return 0;
+    // A wake-up that finds nothing consumed the waiting flag: ask again, or the next write
+    // would find no flag and post nothing.
+    return fifo.pendingBytes || fifo.armReceiverWaiting();
   }
 
   freeBytes(carried: CarriedStream): number | null {
@@ -332,7 +338,8 @@ export class XenvmcModule implements CarrierModule {
     }
     if (!connection?.sending || connection.reclaimed) return null;
     if (connection.phase !== 'ready') return 0;
-    return this.runtime.get(connection.keyText)?.out?.freeBytes ?? 0;
+    const out = this.runtime.get(connection.keyText)?.out;
+    return out ? out.freeBytes || out.armSenderWaiting() : 0;
   }
 
   carrierOf(carried: CarriedStream): 'netfront' | 'xenvmc' {
