@@ -615,8 +615,9 @@ export class StreamConnection {
     state.receiveNext += count;
     state.receiveRead += count;
     state.counters.bytesAccepted += count;
-    // The window we advertised grew with what the program read.
-    state.ackOwed = true;
+    // No ACK owed: the channel's own counters tell the sender what was read. A window update
+    // per channel read cost a netfront frame each (8 % of the reader's time when measured);
+    // after a switch back, the first netfront read advertises the window again.
   }
 
   /**

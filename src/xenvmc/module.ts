@@ -315,7 +315,11 @@ export class XenvmcModule implements CarrierModule {
       carried.stream.receivedByCarrier(bytes.byteLength);
       connection.bytesReceived += bytes.byteLength;
       this.state.counters.channelBytesReceived += bytes.byteLength;
-      if (fifo.takeSenderWaiting()) this.runtime.get(connection.keyText)?.endpoint?.postMessage(0);
+      // Wake a writer that found the FIFO full only once half of it is free again (the
+      // program reads until empty, so this always comes): fewer wake-ups, longer batches.
+      if (fifo.pendingBytes <= connection.fifoBytes / 2 && fifo.takeSenderWaiting()) {
+        this.runtime.get(connection.keyText)?.endpoint?.postMessage(0);
+      }
     }
     return bytes;
   }
