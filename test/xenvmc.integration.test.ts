@@ -168,6 +168,18 @@ describe('XENVMC between host processes', () => {
           channel > 0,
           `${mode}: the channel carried bytes before the migration (${channel}): ${JSON.stringify([s!.stats.xenvmc, c!.stats.xenvmc])}`,
         );
+        // The peers are apart now: nobody lists a connection with the other, and the source
+        // host holds no grant or event channel for them any more (finish_mig or tear-down).
+        for (const v of [s!, c!]) {
+          const listed = v.stats.xenvmc.coResidents.flatMap((peer) => peer.connections);
+          assert.deepEqual(listed, [], `${v.name} lists no connection with its departed peer`);
+        }
+        const source = await hostXenvmc(h1);
+        assert.equal(
+          source.grantsLive + source.evtchnsLive,
+          0,
+          `nothing left on h1: ${JSON.stringify(source)}`,
+        );
         for (const [host, name] of where) await host.client.delete(`/v1/domains/${name}`);
       }
       await sleepMs(100);
