@@ -41,6 +41,14 @@ import { NetError } from '../guest/net-errors.ts';
 import type { GuestProgram, ProgramContext, ProgramFactory } from '../guest/program.ts';
 import type { GuestNet, SocketEvent, SocketId } from '../guest/socket-api.ts';
 import type { Region } from '../memory/layout.ts';
+import {
+  acceptOne,
+  failProgram,
+  type LifecycleOptions,
+  onSocketClosed,
+  onSocketError,
+  startConnect,
+} from './socket-lifecycle.ts';
 
 /** The program kind, as registered with the guest kernel. */
 export const NETBENCH_KIND = 'netbench';
@@ -438,22 +446,12 @@ class Netbench implements GuestProgram<NetbenchState> {
   // ---- connection ----------------------------------------------------------------------------
 
   private connect(): void {
-    const state = this.state;
-    state.connectTries++;
-    state.phase = 'connecting';
-    state.socket = this.context.net.connect(state.params.peerIp!, state.params.port);
+    const { peerIp, port } = this.state.params;
+    startConnect(this.context, this.state, { ip: peerIp!, port });
   }
 
   private onAccepted(socket: SocketId): void {
-    const state = this.state;
-    if (state.phase !== 'listening') {
-      // Exactly one connection: a late extra one (queued before `unlisten`) is turned away.
-      this.context.net.close(socket);
-      return;
-    }
-    this.context.net.unlisten(state.params.port);
-    state.socket = socket;
-    this.onConnected();
+    if (acceptOne(this.context, this.state, socket, this.state.params.port)) this.onConnected();
   }
 
   private onConnected(): void {
@@ -464,37 +462,26 @@ class Netbench implements GuestProgram<NetbenchState> {
     this.onWork();
   }
 
-  private onError(description: string, code: string): void {
+  private lifecycle(): LifecycleOptions {
     const state = this.state;
-    // The kernel follows every `error` with `closed` and forgets the id: never touch it again.
-    state.socket = null;
-    const retryable = code === 'ECONNREFUSED' || code === 'EHOSTUNREACH';
-    if (state.phase !== 'connecting' || !retryable) {
-      this.fail(description);
-    } else if (state.connectTries < state.params.connectTriesMax) {
-      state.phase = 'retryWait';
-      this.context.setTimer(NETBENCH_CONNECT_RETRY_MS, NETBENCH_CONNECT_TAG);
-    } else {
-      this.fail(`gave up after ${state.connectTries} connect tries: ${description}`);
-    }
+    return {
+      label: `netbench ${state.params.role}`,
+      connectTriesMax: state.params.connectTriesMax,
+      retryMs: NETBENCH_CONNECT_RETRY_MS,
+      retryTag: NETBENCH_CONNECT_TAG,
+    };
+  }
+
+  private onError(description: string, code: string): void {
+    onSocketError(this.context, this.state, this.lifecycle(), { description, code });
   }
 
   private fail(description: string): void {
-    const state = this.state;
-    state.errors++;
-    state.lastError = description;
-    state.phase = 'failed';
-    this.context.log(`netbench ${state.params.role} failed: ${description}`);
+    failProgram(this.context, this.state, this.lifecycle().label, description);
   }
 
   private onClosed(): void {
-    const state = this.state;
-    state.socket = null;
-    if (state.phase === 'closing') {
-      state.phase = 'done';
-    } else if (state.phase !== 'failed') {
-      this.fail('the socket closed before both directions finished');
-    }
+    onSocketClosed(this.context, this.state, this.lifecycle().label);
   }
 
   /**

@@ -52,6 +52,13 @@ import { NetError } from '../guest/net-errors.ts';
 import type { GuestProgram, ProgramContext, ProgramFactory } from '../guest/program.ts';
 import type { GuestNet, SocketEvent, SocketId } from '../guest/socket-api.ts';
 import type { Region } from '../memory/layout.ts';
+import {
+  acceptOne,
+  type LifecycleOptions,
+  onSocketClosed,
+  onSocketError,
+  startConnect,
+} from './socket-lifecycle.ts';
 
 /** The program kind, as registered with the guest kernel. */
 /** What a streamer reports (`stats()`); demos and tests read it through the control API. */
@@ -454,22 +461,12 @@ class Streamer implements GuestProgram<StreamerState> {
   // ---- connection ----------------------------------------------------------------------------
 
   private connect(): void {
-    const state = this.state;
-    state.connectTries++;
-    state.phase = 'connecting';
-    state.socket = this.context.net.connect(state.params.peerIp!, state.params.port);
+    const { peerIp, port } = this.state.params;
+    startConnect(this.context, this.state, { ip: peerIp!, port });
   }
 
   private onAccepted(socket: SocketId): void {
-    const state = this.state;
-    if (state.phase !== 'listening') {
-      // Exactly one connection: a late extra one (queued before `unlisten`) is turned away.
-      this.context.net.close(socket);
-      return;
-    }
-    this.context.net.unlisten(state.params.port);
-    state.socket = socket;
-    this.onConnected();
+    if (acceptOne(this.context, this.state, socket, this.state.params.port)) this.onConnected();
   }
 
   private onConnected(): void {
@@ -481,37 +478,22 @@ class Streamer implements GuestProgram<StreamerState> {
     this.send();
   }
 
-  private onError(description: string, code: string): void {
+  private lifecycle(): LifecycleOptions {
     const state = this.state;
-    // The kernel follows every `error` with `closed` and forgets the id: never touch it again.
-    state.socket = null;
-    const retryable = code === 'ECONNREFUSED' || code === 'EHOSTUNREACH';
-    if (state.phase !== 'connecting' || !retryable) {
-      this.fail(description);
-    } else if (state.connectTries < state.params.connectTriesMax) {
-      state.phase = 'retryWait';
-      this.context.setTimer(CONNECT_RETRY_MS, STREAMER_CONNECT_TAG);
-    } else {
-      this.fail(`gave up after ${state.connectTries} connect tries: ${description}`);
-    }
+    return {
+      label: `streamer ${state.params.role}`,
+      connectTriesMax: state.params.connectTriesMax,
+      retryMs: CONNECT_RETRY_MS,
+      retryTag: STREAMER_CONNECT_TAG,
+    };
   }
 
-  private fail(description: string): void {
-    const state = this.state;
-    state.errors++;
-    state.lastError = description;
-    state.phase = 'failed';
-    this.context.log(`streamer ${state.params.role} failed: ${description}`);
+  private onError(description: string, code: string): void {
+    onSocketError(this.context, this.state, this.lifecycle(), { description, code });
   }
 
   private onClosed(): void {
-    const state = this.state;
-    state.socket = null;
-    if (state.phase === 'closing') {
-      state.phase = 'done';
-    } else if (state.phase !== 'failed') {
-      this.fail('the socket closed before both directions finished');
-    }
+    onSocketClosed(this.context, this.state, this.lifecycle().label);
   }
 
   // ---- sending -------------------------------------------------------------------------------
