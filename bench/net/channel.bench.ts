@@ -29,6 +29,7 @@ import type { DomainSummary } from '../../src/hypervisor/host.ts';
 import type { NetbenchParams } from '../../src/workloads/netbench.ts';
 import { CHANNEL_FIFO_BYTES_MAX, type XenvmcCounters } from '../../src/xenvmc/module.ts';
 import { type BenchFigure, type BenchMode, type Benchmark, median, param } from '../harness.ts';
+import { createNetbench, type NetbenchStats, sizeLabel, totalBytesFor } from './netbench-points.ts';
 import { quantile, tcpRoundTrips, tcpThroughput } from './tcp-baseline.ts';
 
 /** Message sizes of the throughput figures (issue 4: 64 B to 1 MiB). */
@@ -86,16 +87,6 @@ function settings(mode: BenchMode): Settings {
   };
 }
 
-function totalBytesFor(messageBytes: number, s: Settings): number {
-  return messageBytes < 4096 ? s.smallMessageTotalBytes : s.totalBytes;
-}
-
-function sizeLabel(bytes: number): string {
-  if (bytes >= 1024 * 1024) return `${bytes / (1024 * 1024)} MiB`;
-  if (bytes >= 1024) return `${bytes / 1024} KiB`;
-  return `${bytes} B`;
-}
-
 // ---- memcpy -----------------------------------------------------------------------------------
 
 /**
@@ -120,18 +111,6 @@ function memcpyRate(messageBytes: number, bytes: number): { rate: number; checks
 }
 
 // ---- netbench points --------------------------------------------------------------------------
-
-/** What the bench reads of a netbench's `stats()`. */
-interface NetbenchStats {
-  role: string;
-  finished: boolean;
-  bytesReceived: number;
-  throughputBytesPerSec: number;
-  rttMedianMs: number;
-  rttP99Ms: number;
-  errors: number;
-  lastError: string;
-}
 
 type DomainView = DomainSummary & {
   stats: {
@@ -172,9 +151,17 @@ class PointRunner {
     const connectorName = `ch-c${this.pointIndex}`;
     const listenerIp = `${IP_PREFIX}${2 * this.pointIndex - 1}`;
     const connectorIp = `${IP_PREFIX}${2 * this.pointIndex}`;
-    await createNetbench(host, listenerName, listenerIp, listener);
+    await createNetbench(
+      host,
+      { name: listenerName, ip: listenerIp, memory: DOMAIN_MEMORY },
+      listener,
+    );
     try {
-      await createNetbench(host, connectorName, connectorIp, { ...connector, peerIp: listenerIp });
+      await createNetbench(
+        host,
+        { name: connectorName, ip: connectorIp, memory: DOMAIN_MEMORY },
+        { ...connector, peerIp: listenerIp },
+      );
       try {
         // The side that measures: the sink (last byte) or the ping (last round trip).
         const measuring = connector.role === 'source' ? listenerName : connectorName;
@@ -206,21 +193,6 @@ class PointRunner {
       await sleepMs(POLL_INTERVAL_MS);
     }
   }
-}
-
-function createNetbench(
-  host: LocalHost,
-  name: string,
-  ip: string,
-  params: NetbenchParams,
-): Promise<DomainSummary> {
-  return host.client.post<DomainSummary>('/v1/domains', {
-    name,
-    memory: DOMAIN_MEMORY,
-    ip,
-    tenant: 'bench',
-    programs: [{ kind: 'netbench', params }],
-  });
 }
 
 async function sideResult(host: LocalHost, name: string): Promise<SideResult> {

@@ -25,6 +25,7 @@ import type { DomainSummary } from '../../src/hypervisor/host.ts';
 import type { NetbenchParams } from '../../src/workloads/netbench.ts';
 import { migrateAndWait } from '../../test/support/hosts.ts';
 import { type BenchFigure, type BenchMode, type Benchmark, median, param } from '../harness.ts';
+import { createNetbench, type NetbenchStats, sizeLabel, totalBytesFor } from './netbench-points.ts';
 import { quantile, tcpRoundTrips, tcpThroughput } from './tcp-baseline.ts';
 
 /** Message sizes of the throughput figures (issue 3: 64 B to 1 MiB). */
@@ -67,31 +68,7 @@ function settings(mode: BenchMode): Settings {
   };
 }
 
-function totalBytesFor(messageBytes: number, s: Settings): number {
-  return messageBytes < 4096 ? s.smallMessageTotalBytes : s.totalBytes;
-}
-
-function sizeLabel(bytes: number): string {
-  if (bytes >= 1024 * 1024) return `${bytes / (1024 * 1024)} MiB`;
-  if (bytes >= 1024) return `${bytes / 1024} KiB`;
-  return `${bytes} B`;
-}
-
 // ---- the netfront path ------------------------------------------------------------------------
-
-/** What the bench reads of a netbench's `stats()`. */
-interface NetbenchStats {
-  role: string;
-  phase: string;
-  finished: boolean;
-  bytesSent: number;
-  bytesReceived: number;
-  throughputBytesPerSec: number;
-  rttMedianMs: number;
-  rttP99Ms: number;
-  errors: number;
-  lastError: string;
-}
 
 type DomainView = DomainSummary & { stats: { programs: { stats: NetbenchStats }[] } | null };
 
@@ -122,7 +99,11 @@ class PointRunner {
     if (2 * this.pointIndex > 254) throw new Error('netfront bench: out of IPs in 10.77.8.0/24');
     const { h1, h2 } = this.hosts;
     let listenerHost = h1;
-    await createNetbench(h1, listenerName, listenerIp, listener);
+    await createNetbench(
+      h1,
+      { name: listenerName, ip: listenerIp, memory: DOMAIN_MEMORY },
+      listener,
+    );
     try {
       if (placement === 'cross-host') {
         const record = await migrateAndWait(h1, listenerName, h2.link);
@@ -130,7 +111,11 @@ class PointRunner {
           throw new Error(`migrating ${listenerName} to h2 failed: ${record.error?.message}`);
         listenerHost = h2;
       }
-      await createNetbench(h1, connectorName, connectorIp, { ...connector, peerIp: listenerIp });
+      await createNetbench(
+        h1,
+        { name: connectorName, ip: connectorIp, memory: DOMAIN_MEMORY },
+        { ...connector, peerIp: listenerIp },
+      );
       try {
         // The side that measures: the sink (last byte) or the ping (last round trip).
         if (connector.role === 'source') await this.waitFinished(listenerHost, listenerName);
@@ -158,21 +143,6 @@ class PointRunner {
       await sleepMs(POLL_INTERVAL_MS);
     }
   }
-}
-
-function createNetbench(
-  host: LocalHost,
-  name: string,
-  ip: string,
-  params: NetbenchParams,
-): Promise<DomainSummary> {
-  return host.client.post<DomainSummary>('/v1/domains', {
-    name,
-    memory: DOMAIN_MEMORY,
-    ip,
-    tenant: 'bench',
-    programs: [{ kind: 'netbench', params }],
-  });
 }
 
 async function netbenchStats(host: LocalHost, name: string): Promise<NetbenchStats> {

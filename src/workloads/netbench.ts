@@ -37,12 +37,12 @@
 import assert from 'node:assert/strict';
 import { InputError } from '../core/errors.ts';
 import { PAGE_SIZE_BYTES } from '../core/units.ts';
-import { NetError } from '../guest/net-errors.ts';
 import type { GuestProgram, ProgramContext, ProgramFactory } from '../guest/program.ts';
 import type { GuestNet, SocketEvent, SocketId } from '../guest/socket-api.ts';
 import type { Region } from '../memory/layout.ts';
 import {
   acceptOne,
+  callSocket,
   failProgram,
   type LifecycleOptions,
   onSocketClosed,
@@ -153,6 +153,36 @@ export type NetbenchPhase =
   | 'closing'
   | 'done'
   | 'failed';
+
+/** What a netbench reports (`stats()`); times are guest ms, -1 until they happen. */
+export type NetbenchStats = {
+  role: string;
+  phase: string;
+  finished: boolean;
+  bytesToSend: number;
+  messageBytes: number;
+  bytesSent: number;
+  bytesReceived: number;
+  firstArrivalBytes: number;
+  elapsedMs: number;
+  /** Bytes after the first arrival over the time from first to last arrival. */
+  throughputBytesPerSec: number;
+  roundsDone: number;
+  rttCount: number;
+  rttMedianMs: number;
+  rttP99Ms: number;
+  rttMinMs: number;
+  rttMaxMs: number;
+  errors: number;
+  lastError: string;
+  lastSocketCallError: string;
+  connectTries: number;
+  startedMs: number;
+  connectedMs: number;
+  firstArrivalMs: number;
+  lastArrivalMs: number;
+  finishedMs: number;
+};
 
 /** The netbench's whole state: plain structured-clone data. */
 export interface NetbenchState {
@@ -391,7 +421,7 @@ class Netbench implements GuestProgram<NetbenchState> {
    * counts the bytes after the first arrival over the time from the first to the last arrival
    * (0 until two arrivals); the round-trip figures are -1 until the ping finished.
    */
-  stats(): Record<string, number | string | boolean> {
+  stats(): NetbenchStats {
     const s = this.state;
     const elapsedMs =
       s.firstArrivalMs === null || s.lastArrivalMs === null
@@ -490,13 +520,7 @@ class Netbench implements GuestProgram<NetbenchState> {
    * decides the outcome, so the call only yields null and leaves a note.
    */
   private callSocket<T>(call: (net: GuestNet, socket: SocketId) => T): T | null {
-    try {
-      return call(this.context.net, this.state.socket!);
-    } catch (error) {
-      if (!(error instanceof NetError)) throw error;
-      this.state.lastSocketCallError = `${error.code}: ${error.message}`;
-      return null;
-    }
+    return callSocket(this.context, this.state, call);
   }
 
   // ---- the roles' work -----------------------------------------------------------------------

@@ -4,8 +4,10 @@
  * bound, any other error fails the program, and a socket that closes before the program is
  * done is a failure too. Pure functions over the programs' plain-data state (principle 3).
  */
+
+import { NetError } from '../guest/net-errors.ts';
 import type { ProgramContext } from '../guest/program.ts';
-import type { SocketId } from '../guest/socket-api.ts';
+import type { GuestNet, SocketId } from '../guest/socket-api.ts';
 
 /** The part of a program's state the lifecycle reads and writes. */
 export interface LifecycleState {
@@ -106,4 +108,22 @@ export function acceptOne(
   context.net.unlisten(port);
   state.socket = socket;
   return true;
+}
+
+/**
+ * Calls the socket; a `NetError` means the kernel already forgot it (its `error`/`closed`
+ * events are queued and decide the outcome), so it is only noted, never thrown.
+ */
+export function callSocket<T>(
+  context: ProgramContext,
+  state: LifecycleState & { lastSocketCallError: string },
+  call: (net: GuestNet, socket: SocketId) => T,
+): T | null {
+  try {
+    return call(context.net, state.socket!);
+  } catch (error) {
+    if (!(error instanceof NetError)) throw error;
+    state.lastSocketCallError = `${error.code}: ${error.message}`;
+    return null;
+  }
 }

@@ -48,12 +48,12 @@ import { crc32 } from 'node:zlib';
 import { InputError } from '../core/errors.ts';
 import { Random, type RandomState } from '../core/random.ts';
 import { PAGE_SIZE_BYTES } from '../core/units.ts';
-import { NetError } from '../guest/net-errors.ts';
 import type { GuestProgram, ProgramContext, ProgramFactory } from '../guest/program.ts';
 import type { GuestNet, SocketEvent, SocketId } from '../guest/socket-api.ts';
 import type { Region } from '../memory/layout.ts';
 import {
   acceptOne,
+  callSocket,
   type LifecycleOptions,
   onSocketClosed,
   onSocketError,
@@ -536,13 +536,7 @@ class Streamer implements GuestProgram<StreamerState> {
    * queued for us and decides the outcome, so the call only yields null and leaves a note.
    */
   private callSocket<T>(call: (net: GuestNet, socket: SocketId) => T): T | null {
-    try {
-      return call(this.context.net, this.state.socket!);
-    } catch (error) {
-      if (!(error instanceof NetError)) throw error;
-      this.state.lastSocketCallError = `${error.code}: ${error.message}`;
-      return null;
-    }
+    return callSocket(this.context, this.state, call);
   }
 
   /** Generates the next chunk into its staging slot, through log-dirty. */
