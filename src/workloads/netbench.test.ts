@@ -14,11 +14,9 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { InputError } from '../core/errors.ts';
 import { PAGE_SIZE_BYTES } from '../core/units.ts';
-import { createFakeNetPair, type FakeNet, type FakeNetPair } from '../guest/fake-net.ts';
-import type { GuestProgram, ProgramContext } from '../guest/program.ts';
-import type { SocketEvent } from '../guest/socket-api.ts';
 import { GuestMemory } from '../memory/guest-memory.ts';
-import { defaultLayout, type Region } from '../memory/layout.ts';
+import { defaultLayout } from '../memory/layout.ts';
+import { type FakeDomain, FakeWorld } from './fake-world.ts';
 import {
   NETBENCH_CONNECT_RETRY_MS,
   NETBENCH_SEND_BYTES_PER_EVENT_MAX,
@@ -33,116 +31,19 @@ const LISTENER_IP = '10.0.0.1';
 const CONNECTOR_IP = '10.0.0.2';
 const PORT = 7000;
 
-interface PendingTimer {
-  dueMs: number;
-  tag: string;
-}
-
-/** A guest kernel reduced to what a program sees: memory, the shared clock, timers, a net. */
-class FakeDomain {
-  memory: GuestMemory;
-  readonly dataRegion: Region;
-  timers: PendingTimer[] = [];
-  program: GuestProgram<NetbenchState> | undefined;
-  readonly logs: string[] = [];
-
-  constructor(
-    readonly world: World,
-    readonly net: FakeNet,
-  ) {
-    this.memory = GuestMemory.create(defaultLayout(DOMAIN_PAGES));
-    this.dataRegion = this.memory.region('program');
-  }
-
-  context(): ProgramContext {
-    return {
-      memory: this.memory,
-      dataRegion: this.dataRegion,
-      nowMs: () => this.world.readClock(),
-      setTimer: (delayMs, tag) => this.timers.push({ dueMs: this.world.nowMs + delayMs, tag }),
-      cancelTimer: (tag) => {
-        this.timers = this.timers.filter((timer) => timer.tag !== tag);
-      },
-      log: (message) => this.logs.push(message),
-      net: this.net,
-    };
-  }
-
-  start(params: NetbenchParams): GuestProgram<NetbenchState> {
-    this.program = netbenchFactory.create(this.context(), params);
-    this.net.setHandler((event) => this.program!.onSocket!(event));
-    this.program.start();
-    return this.program;
-  }
-
-  /** A migration: events held while paused, memory copied, state cloned, program restored. */
-  migrate(pair: FakeNetPair): void {
-    const held: SocketEvent[] = [];
-    this.net.setHandler((event) => held.push(event));
-    pair.pump();
-    const target = GuestMemory.create(defaultLayout(DOMAIN_PAGES));
-    target.bytes.set(this.memory.bytes);
-    this.memory = target;
-    this.timers = structuredClone(this.timers);
-    this.program = netbenchFactory.restore(this.context(), structuredClone(this.program!.state));
-    this.net.setHandler((event) => this.program!.onSocket!(event));
-    for (const event of held) this.program.onSocket!(event);
-  }
-
-  get state(): NetbenchState {
-    return this.program!.state;
-  }
-
-  stats(): Record<string, number | string | boolean> {
-    return this.program!.stats();
-  }
-}
-
 /** A listener domain (side a) and a connector domain (side b), and a driver. */
-class World {
-  nowMs = 0;
-  readonly pair: FakeNetPair;
-  readonly listener: FakeDomain;
-  readonly connector: FakeDomain;
-
+class World extends FakeWorld<NetbenchParams, NetbenchState> {
   /** `tickMs`: how far the clock moves on every reading (0: only timers move it). */
-  constructor(
-    bufferBytes?: number,
-    readonly tickMs = 0,
-  ) {
-    this.pair = createFakeNetPair({ ipA: LISTENER_IP, ipB: CONNECTOR_IP, bufferBytes });
-    this.listener = new FakeDomain(this, this.pair.a);
-    this.connector = new FakeDomain(this, this.pair.b);
+  constructor(bufferBytes?: number, tickMs = 0) {
+    super(netbenchFactory, { ipA: LISTENER_IP, ipB: CONNECTOR_IP, bufferBytes, tickMs });
   }
 
-  readClock(): number {
-    this.nowMs += this.tickMs;
-    return this.nowMs;
+  get listener(): FakeDomain<NetbenchParams, NetbenchState> {
+    return this.a;
   }
 
-  /** Pumps and fires due timers in order until nothing is left before `untilMs`. */
-  run(untilMs = Number.POSITIVE_INFINITY): void {
-    for (;;) {
-      this.pair.pump();
-      const next = this.nextTimer(untilMs);
-      if (next === null) break;
-      const [domain, timer] = next;
-      domain.timers.splice(domain.timers.indexOf(timer), 1);
-      this.nowMs = Math.max(this.nowMs, timer.dueMs);
-      domain.program!.onTimer(timer.tag);
-    }
-    if (Number.isFinite(untilMs)) this.nowMs = Math.max(this.nowMs, untilMs);
-  }
-
-  private nextTimer(untilMs: number): [FakeDomain, PendingTimer] | null {
-    let best: [FakeDomain, PendingTimer] | null = null;
-    for (const domain of [this.listener, this.connector]) {
-      for (const timer of domain.timers) {
-        if (timer.dueMs > untilMs) continue;
-        if (best === null || timer.dueMs < best[1].dueMs) best = [domain, timer];
-      }
-    }
-    return best;
+  get connector(): FakeDomain<NetbenchParams, NetbenchState> {
+    return this.b;
   }
 }
 

@@ -13,11 +13,9 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { InputError } from '../core/errors.ts';
 import { PAGE_SIZE_BYTES } from '../core/units.ts';
-import { createFakeNetPair, type FakeNet, type FakeNetPair } from '../guest/fake-net.ts';
-import type { GuestProgram, ProgramContext } from '../guest/program.ts';
-import type { GuestNet, SocketEvent } from '../guest/socket-api.ts';
 import { GuestMemory } from '../memory/guest-memory.ts';
-import { defaultLayout, type Region } from '../memory/layout.ts';
+import { defaultLayout } from '../memory/layout.ts';
+import { type FakeDomain, FakeWorld } from './fake-world.ts';
 import {
   CONNECT_RETRY_MS,
   SEND_BYTES_PER_EVENT_MAX,
@@ -33,117 +31,18 @@ const SERVER_IP = '10.0.0.1';
 const CLIENT_IP = '10.0.0.2';
 const PORT = 7000;
 
-interface PendingTimer {
-  dueMs: number;
-  tag: string;
-}
-
-/** A guest kernel reduced to what a program sees: memory, the shared clock, timers, a net. */
-class FakeDomain {
-  memory: GuestMemory;
-  readonly dataRegion: Region;
-  timers: PendingTimer[] = [];
-  program: GuestProgram<StreamerState> | undefined;
-  net: GuestNet;
-  readonly logs: string[] = [];
-
-  constructor(
-    readonly world: World,
-    readonly fakeNet: FakeNet,
-  ) {
-    this.memory = GuestMemory.create(defaultLayout(DOMAIN_PAGES));
-    this.dataRegion = this.memory.region('program');
-    this.net = fakeNet;
-  }
-
-  context(): ProgramContext {
-    return {
-      memory: this.memory,
-      dataRegion: this.dataRegion,
-      nowMs: () => this.world.nowMs,
-      setTimer: (delayMs, tag) => this.timers.push({ dueMs: this.world.nowMs + delayMs, tag }),
-      cancelTimer: (tag) => {
-        this.timers = this.timers.filter((timer) => timer.tag !== tag);
-      },
-      log: (message) => this.logs.push(message),
-      net: this.net,
-    };
-  }
-
-  start(params: StreamerParams): GuestProgram<StreamerState> {
-    this.program = streamerFactory.create(this.context(), params);
-    this.attach();
-    this.program.start();
-    return this.program;
-  }
-
-  /** Routes the net's events to the current program. */
-  attach(): void {
-    this.fakeNet.setHandler((event) => this.program!.onSocket!(event));
-  }
-
-  /**
-   * A migration of this domain: its events are held while it is "paused" for `pauseMs`, then
-   * memory is copied to a fresh `GuestMemory`, state and timers are structured-cloned, and the
-   * program is restored there; the held events are delivered to it. Sockets stay in the net
-   * (kernel state, restored by the kernel).
-   */
-  migrate(pair: FakeNetPair, pauseMs: number): void {
-    const held: SocketEvent[] = [];
-    this.fakeNet.setHandler((event) => held.push(event));
-    pair.pump();
-    this.world.nowMs += pauseMs;
-    const target = GuestMemory.create(defaultLayout(DOMAIN_PAGES));
-    target.bytes.set(this.memory.bytes);
-    this.memory = target;
-    const saved = structuredClone(this.program!.state);
-    this.timers = structuredClone(this.timers);
-    this.program = streamerFactory.restore(this.context(), saved);
-    this.attach();
-    for (const event of held) this.program.onSocket!(event);
-  }
-
-  get state(): StreamerState {
-    return this.program!.state;
-  }
-}
-
-/** Two domains over a fake net pair, and a driver: pump, then fire the next timer. */
-class World {
-  nowMs = 0;
-  readonly pair: FakeNetPair;
-  readonly server: FakeDomain;
-  readonly client: FakeDomain;
-
+/** The server (side a) and the client (side b), driven by the shared fake world. */
+class World extends FakeWorld<StreamerParams, StreamerState> {
   constructor(bufferBytes?: number) {
-    this.pair = createFakeNetPair({ ipA: SERVER_IP, ipB: CLIENT_IP, bufferBytes });
-    this.server = new FakeDomain(this, this.pair.a);
-    this.client = new FakeDomain(this, this.pair.b);
+    super(streamerFactory, { ipA: SERVER_IP, ipB: CLIENT_IP, bufferBytes });
   }
 
-  /** Pumps and fires due timers in order until nothing is left before `untilMs`. */
-  run(untilMs = Number.POSITIVE_INFINITY): void {
-    for (;;) {
-      this.pair.pump();
-      const next = this.nextTimer(untilMs);
-      if (next === null) break;
-      const [domain, timer] = next;
-      domain.timers.splice(domain.timers.indexOf(timer), 1);
-      this.nowMs = Math.max(this.nowMs, timer.dueMs);
-      domain.program!.onTimer(timer.tag);
-    }
-    if (Number.isFinite(untilMs)) this.nowMs = Math.max(this.nowMs, untilMs);
+  get server(): FakeDomain<StreamerParams, StreamerState> {
+    return this.a;
   }
 
-  private nextTimer(untilMs: number): [FakeDomain, PendingTimer] | null {
-    let best: [FakeDomain, PendingTimer] | null = null;
-    for (const domain of [this.server, this.client]) {
-      for (const timer of domain.timers) {
-        if (timer.dueMs > untilMs) continue;
-        if (best === null || timer.dueMs < best[1].dueMs) best = [domain, timer];
-      }
-    }
-    return best;
+  get client(): FakeDomain<StreamerParams, StreamerState> {
+    return this.b;
   }
 }
 
