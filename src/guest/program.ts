@@ -31,6 +31,9 @@ export interface ProgramContext {
   readonly net: GuestNet;
 }
 
+/** What a program reports: plain data, flat figures or lists of them (e.g. per-mail latencies). */
+export type ProgramStats = Record<string, number | string | boolean | number[] | null>;
+
 /** One running program. `State` must be structured-clone data. */
 export interface GuestProgram<State = unknown> {
   readonly kind: string;
@@ -43,7 +46,7 @@ export interface GuestProgram<State = unknown> {
   /** Something happened on one of this program's sockets. */
   onSocket?(event: SocketEvent): void;
   /** Figures the program reports (plain data), e.g. pages written. */
-  stats(): Record<string, number | string | boolean>;
+  stats(): ProgramStats;
 }
 
 /** Builds a program from its parameters (first start) or its saved state (after migration). */

@@ -31,7 +31,12 @@ import assert from 'node:assert/strict';
 import { InputError } from '../core/errors.ts';
 import { Random } from '../core/random.ts';
 import { PAGE_SIZE_BYTES } from '../core/units.ts';
-import type { GuestProgram, ProgramContext, ProgramFactory } from '../guest/program.ts';
+import type {
+  GuestProgram,
+  ProgramContext,
+  ProgramFactory,
+  ProgramStats,
+} from '../guest/program.ts';
 import type { Region } from '../memory/layout.ts';
 import {
   type AccessPattern,
@@ -257,7 +262,7 @@ class Dirtier implements GuestProgram<DirtierState> {
     this.context.setTimer(this.state.params.tickMs, DIRTIER_TICK_TAG);
   }
 
-  stats(): Record<string, number | string | boolean> {
+  stats(): ProgramStats {
     const { params, pagesWritten, ticks, skippedMs } = this.state;
     return {
       pagesWritten,

@@ -4,7 +4,12 @@
  * programs (the streamer, netbench, and later the mail programs). Side a is the listening one.
  */
 import { createFakeNetPair, type FakeNet, type FakeNetPair } from '../guest/fake-net.ts';
-import type { GuestProgram, ProgramContext, ProgramFactory } from '../guest/program.ts';
+import type {
+  GuestProgram,
+  ProgramContext,
+  ProgramFactory,
+  ProgramStats,
+} from '../guest/program.ts';
 import type { GuestNet, SocketEvent } from '../guest/socket-api.ts';
 import { GuestMemory } from '../memory/guest-memory.ts';
 import { defaultLayout, type Region } from '../memory/layout.ts';
@@ -86,7 +91,7 @@ export class FakeDomain<Params, State> {
     return this.program!.state;
   }
 
-  stats(): Record<string, number | string | boolean> {
+  stats(): ProgramStats {
     return this.program!.stats();
   }
 }
