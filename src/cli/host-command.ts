@@ -4,6 +4,8 @@
  * stderr.
  */
 import { randomBytes } from 'node:crypto';
+import { accessSync, constants, statSync } from 'node:fs';
+import path from 'node:path';
 import { realClock } from '../core/clock.ts';
 import { InputError } from '../core/errors.ts';
 import { formatBandwidth, parseBandwidth, parseBytes } from '../core/units.ts';
@@ -27,6 +29,8 @@ export interface HostCommandOptions {
   peer?: string[];
   /** Send XENVMC channel pages with a migrating domain (real Xen's behaviour). */
   migrateChannelPages?: boolean;
+  /** Shared storage directory holding domains' disks (the same on every host). */
+  storage?: string;
 }
 
 /** Checks a `--xenvmc-mode` value. */
@@ -36,6 +40,20 @@ export function parseXenvmcMode(text: string, flag: string): XenvmcMode {
     throw new InputError(`${flag} is one of ${XENVMC_MODES.join(', ')}; got '${text}'`);
   }
   return mode;
+}
+
+/** `--storage` must be an existing directory this process may write: say so before any domain boots. */
+function checkStorageDir(dir: string): string {
+  const absolute = path.resolve(dir);
+  try {
+    if (!statSync(absolute).isDirectory()) throw new Error('not a directory');
+    accessSync(absolute, constants.W_OK);
+  } catch (error) {
+    throw new InputError(
+      `--storage ${dir}: ${(error as Error).message}; give a writable directory every host reaches (shared storage)`,
+    );
+  }
+  return absolute;
 }
 
 export async function runHost(options: HostCommandOptions): Promise<void> {
@@ -66,6 +84,7 @@ export async function runHost(options: HostCommandOptions): Promise<void> {
       xenvmcMode: parseXenvmcMode(options.xenvmcMode ?? 'off', '--xenvmc-mode'),
       dom0Ip: options.dom0Ip,
       migrateChannelPages: Boolean(options.migrateChannelPages),
+      storageDir: options.storage === undefined ? undefined : checkStorageDir(options.storage),
       log,
     },
   );

@@ -17,7 +17,7 @@ export async function followMigration(
   source: ControlClient,
   domain: string,
   request: { to: string; policy?: string },
-  display: MigrationProgressDisplay,
+  display: Pick<MigrationProgressDisplay, 'update' | 'stop'>,
 ): Promise<MigrationStats> {
   let record = await source.post<MigrationRecordView>(
     `/v1/domains/${encodeURIComponent(domain)}/migrate`,

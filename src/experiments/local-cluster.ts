@@ -38,6 +38,13 @@ export interface LocalClusterInit {
   stallTimeout?: string;
   /** Every host's `--xenvmc-mode`. @default 'off' (the host's own default) */
   xenvmcMode?: XenvmcMode;
+  /** Every host's `--storage`: the shared storage directory of domain disks. */
+  storageDir?: string;
+  /**
+   * Where a host runs, by name: a command prefix (e.g. `ip netns exec xv-h1`) and the address
+   * it binds its link and control API to. @default this network namespace, 127.0.0.1
+   */
+  placement?: Record<string, { wrap: string[]; ip: string }>;
 }
 
 export class LocalCluster {
@@ -58,6 +65,7 @@ export class LocalCluster {
           '--stall-timeout',
           init.stallTimeout ?? '30s',
           ...(init.xenvmcMode ? ['--xenvmc-mode', init.xenvmcMode] : []),
+          ...(init.storageDir ? ['--storage', init.storageDir] : []),
         ];
         started.push(
           await startHost(name, {
@@ -66,6 +74,7 @@ export class LocalCluster {
             link: init.link ?? '1gbit',
             onLog: init.onLog,
             extra,
+            placement: init.placement?.[name] ?? { wrap: [], ip: '127.0.0.1' },
           }),
         );
       }
@@ -117,28 +126,29 @@ async function startHost(
     link: string;
     extra: string[];
     onLog?: (host: string, line: string) => void;
+    placement: { wrap: string[]; ip: string };
   },
 ): Promise<LocalHost> {
-  const child = spawn(
+  const { wrap, ip } = init.placement;
+  const command = [
+    ...wrap,
     process.execPath,
-    [
-      BIN,
-      'host',
-      '--name',
-      name,
-      '--listen',
-      '127.0.0.1:0',
-      '--control',
-      '127.0.0.1:0',
-      '--link',
-      init.link,
-      ...init.extra,
-    ],
-    {
-      env: { ...process.env, XENVMC_CLUSTER_KEY: init.clusterKey, XENVMC_TOKEN: init.token },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
+    BIN,
+    'host',
+    '--name',
+    name,
+    '--listen',
+    `${ip}:0`,
+    '--control',
+    `${ip}:0`,
+    '--link',
+    init.link,
+    ...init.extra,
+  ];
+  const child = spawn(command[0]!, command.slice(1), {
+    env: { ...process.env, XENVMC_CLUSTER_KEY: init.clusterKey, XENVMC_TOKEN: init.token },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const log: string[] = [];
   createInterface({ input: child.stderr! }).on('line', (line) => {
     log.push(line);

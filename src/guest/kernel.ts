@@ -14,10 +14,13 @@ import { TestbedError } from '../core/errors.ts';
 import type { GuestMemory } from '../memory/guest-memory.ts';
 import type { Region } from '../memory/layout.ts';
 import type { CarrierModule } from './carrier.ts';
+import { NO_FILES } from './files.ts';
 import type { GuestState, SavedTimer } from './guest-state.ts';
 import { NetError } from './net-errors.ts';
 import { Netstack, type NetstackState } from './netstack.ts';
+import { PageCache, type PageCacheState } from './page-cache.ts';
 import type { GuestProgram, ProgramContext, ProgramFactory } from './program.ts';
+import type { BlockStore } from './shared-disk.ts';
 import type { GuestNet, SocketEvent } from './socket-api.ts';
 
 /**
@@ -58,6 +61,8 @@ export interface GuestKernelComponents {
   net?: { ip: string | null; seed: number; notifyBackend: () => void };
   /** Another carrier for streams (the XENVMC module), plugged in by the composition root. */
   carrier?: CarrierModule;
+  /** The domain's disk on shared storage (none: programs get `NO_FILES`). */
+  disk?: BlockStore;
 }
 
 export class GuestKernel {
@@ -69,6 +74,7 @@ export class GuestKernel {
   private guestTimeAtResume = 0;
   private realTimeAtResume = 0;
   private netstack: Netstack | null = null;
+  private pageCache: PageCache | null = null;
   private netTimer: TimerHandle | null = null;
   private readonly socketEvents: { programId: number; event: SocketEvent }[] = [];
   private polling = false;
@@ -100,6 +106,12 @@ export class GuestKernel {
     if (this.phase === 'running') this.afterEvent();
   }
 
+  pageCacheCounters(): Record<string, number> | null {
+    return this.pageCache
+      ? { ...this.pageCache.counters, dirtyPages: this.pageCache.dirtyPages() }
+      : null;
+  }
+
   netCounters(): Record<string, number> | null {
     return this.netstack
       ? { ...this.netstack.state.counters, sockets: this.netstack.state.sockets.length }
@@ -119,6 +131,11 @@ export class GuestKernel {
   boot(specs: readonly ProgramSpec[]): void {
     const net = this.components.net;
     if (net) this.netstack = Netstack.boot(this.netComponents(), { ip: net.ip, seed: net.seed });
+    const disk = this.components.disk;
+    if (disk) {
+      const memory = this.components.memory;
+      this.pageCache = PageCache.create(memory, memory.region('pagecache'), disk);
+    }
     const program = this.components.memory.region('program');
     let nextPage = program.firstPage;
     let pagesLeft = program.pageCount;
@@ -155,6 +172,17 @@ export class GuestKernel {
     const savedNet = state.kernel.net as NetstackState | undefined;
     if (savedNet && this.components.net)
       this.netstack = Netstack.restore(this.netComponents(), savedNet);
+    const savedCache = state.kernel.pagecache as PageCacheState | undefined;
+    if (savedCache) {
+      const { memory, disk } = this.components;
+      if (!disk) {
+        throw new TestbedError(
+          'GUEST_NO_DISK',
+          'the domain had a disk on its source host, but this host has no --storage: give it the same shared storage',
+        );
+      }
+      this.pageCache = PageCache.restore(memory, memory.region('pagecache'), disk, savedCache);
+    }
     for (const saved of state.programs) {
       const dataRegion: Region = { name: 'program', ...saved.dataRegion };
       const context = this.contextFor(saved.programId, saved.kind, dataRegion);
@@ -219,6 +247,7 @@ export class GuestKernel {
       })),
       kernel: {
         ...(this.netstack ? { net: this.netstack.state } : {}),
+        ...(this.pageCache ? { pagecache: this.pageCache.state } : {}),
         ...(this.components.carrier ? { channels: this.components.carrier.saveState() } : {}),
       },
     };
@@ -275,6 +304,7 @@ export class GuestKernel {
       },
       log: (message) => this.components.log(`${kind}#${programId}: ${message}`),
       net: this.netstack ? this.netstack.netFor(programId) : NO_NETWORK,
+      files: this.pageCache ?? NO_FILES,
     };
   }
 

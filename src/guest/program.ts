@@ -11,6 +11,7 @@
 
 import type { GuestMemory } from '../memory/guest-memory.ts';
 import type { Region } from '../memory/layout.ts';
+import type { GuestFiles } from './files.ts';
 import type { GuestNet, SocketEvent } from './socket-api.ts';
 
 /** What the kernel offers a program. */
@@ -29,6 +30,8 @@ export interface ProgramContext {
   log(message: string): void;
   /** Guest networking: sockets owned by this program. */
   readonly net: GuestNet;
+  /** Files on the domain's disk, through the guest page cache (`NO_FILES` without a disk). */
+  readonly files: GuestFiles;
 }
 
 /** What a program reports: plain data, flat figures or lists of them (e.g. per-mail latencies). */

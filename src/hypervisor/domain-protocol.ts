@@ -34,6 +34,8 @@ export interface DomainThreadData {
   start: DomainStart;
   /** The netfront event channel's pending bits (see event-channel.ts). */
   eventChannel: SharedArrayBuffer;
+  /** The domain's disk: a directory on shared storage, the same from every host; or none. */
+  diskDir: string | null;
 }
 
 /**
@@ -54,6 +56,8 @@ export type DomainRequest =
   /** Answered between events: every write made before it was marked if log-dirty was on. */
   | { id: number; type: 'sync' }
   | { id: number; type: 'stats' }
+  /** The domain is being destroyed: release host resources (its disk's open files). */
+  | { id: number; type: 'release' }
   /** Incoming domains only: rebuild from the migrated state and run. */
   | { id: number; type: 'restore'; guestState: Uint8Array }
   /**
@@ -67,6 +71,7 @@ export type DomainReply =
   | { id: number; type: 'paused'; guestState: Uint8Array; guestStateBytes: number }
   | { id: number; type: 'resumed' }
   | { id: number; type: 'synced' }
+  | { id: number; type: 'released' }
   | { id: number; type: 'suspendReady'; channelsCancelled: number }
   | {
       id: number;
@@ -74,6 +79,8 @@ export type DomainReply =
       guestTimeMs: number;
       programs: ProgramStatsRow[];
       net: Record<string, number> | null;
+      /** The guest page cache's counters (null: the domain has no disk). */
+      pageCache: Record<string, number> | null;
       /** The XENVMC module: mode, counters, the CoResidents table, recent events. */
       xenvmc: unknown;
     }

@@ -8,9 +8,11 @@ import { describeError, isTestbedError } from '../core/errors.ts';
 import { decodeGuestState, encodeGuestState } from '../guest/guest-state.ts';
 import { GuestKernel } from '../guest/kernel.ts';
 import type { ProgramFactory } from '../guest/program.ts';
+import { DirectoryDisk } from '../guest/shared-disk.ts';
 import { GuestMemory } from '../memory/guest-memory.ts';
 import { ipToU32 } from '../net/frame.ts';
 import { dirtierFactory } from '../workloads/dirtier.ts';
+import { mailServerFactory } from '../workloads/mail/mail-server.ts';
 import { netbenchFactory } from '../workloads/netbench.ts';
 import { streamerFactory } from '../workloads/streamer.ts';
 import { XenvmcModule } from '../xenvmc/module.ts';
@@ -32,9 +34,11 @@ const factories = new Map<string, ProgramFactory>([
   [dirtierFactory.kind, dirtierFactory as ProgramFactory],
   [streamerFactory.kind, streamerFactory as ProgramFactory],
   [netbenchFactory.kind, netbenchFactory as ProgramFactory],
+  [mailServerFactory.kind, mailServerFactory as ProgramFactory],
 ]);
 
 const memory = GuestMemory.attach(data.memory);
+const disk = data.diskDir === null ? null : new DirectoryDisk(data.diskDir);
 const eventChannel = new EventChannel(data.eventChannel);
 // The XENVMC module hooks the socket layer as the guest's carrier for co-resident peers; it
 // does nothing until Dom0 says the host runs a mode other than 'off'.
@@ -72,6 +76,7 @@ const kernel = new GuestKernel({
           },
         },
   carrier: xenvmc,
+  disk: disk ?? undefined,
 });
 
 /** xenvmc-suspend: how long the suspend may wait for peers to release channels. */
@@ -127,6 +132,11 @@ port.on('message', (request: DomainRequest | DomainNotification) => {
       case 'sync':
         post({ id: request.id, type: 'synced' });
         break;
+      case 'release':
+        kernel.halt();
+        disk?.close();
+        post({ id: request.id, type: 'released' });
+        break;
       case 'restore':
         kernel.restore(decodeGuestState(request.guestState));
         kernel.resume();
@@ -139,6 +149,7 @@ port.on('message', (request: DomainRequest | DomainNotification) => {
           guestTimeMs: kernel.guestNowMs(),
           programs: kernel.programStats(),
           net: kernel.netCounters(),
+          pageCache: kernel.pageCacheCounters(),
           xenvmc: {
             mode: xenvmc.state.mode,
             counters: xenvmc.state.counters,

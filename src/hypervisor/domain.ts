@@ -23,6 +23,8 @@ export type DomainStatus = 'running' | 'paused' | 'migrating' | 'crashed' | 'des
 
 /** How long a guest may take to answer Dom0 between two events. */
 const GUEST_REPLY_TIMEOUT_MS = 10_000;
+/** How long a destroyed domain may take to release its host resources before it is terminated. */
+const RELEASE_WAIT_MS = 1000;
 const ENTRY = new URL('./domain-entry.mjs', import.meta.url);
 
 type Pending = { resolve: (reply: DomainReply) => void; reject: (error: Error) => void };
@@ -83,6 +85,7 @@ export class Domain {
     memory: GuestMemory,
     start: DomainStart,
     log: (line: string) => void,
+    diskDir: string | null = null,
   ): Promise<Domain> {
     const eventChannel = new EventChannel();
     const workerData: DomainThreadData = {
@@ -90,6 +93,7 @@ export class Domain {
       memory: memory.toShared(),
       start,
       eventChannel: eventChannel.buffer,
+      diskDir,
     };
     const worker = new Worker(ENTRY, { workerData, name: `dom${identity.domId}-${identity.name}` });
     const domain = new Domain(identity, memory, worker, log, eventChannel);
@@ -206,6 +210,7 @@ export class Domain {
     guestTimeMs: number;
     programs: ProgramStatsRow[];
     net: Record<string, number> | null;
+    pageCache: Record<string, number> | null;
     xenvmc: unknown;
   }> {
     const reply = await this.request('stats');
@@ -214,6 +219,7 @@ export class Domain {
       guestTimeMs: reply.guestTimeMs,
       programs: reply.programs,
       net: reply.net,
+      pageCache: reply.pageCache,
       xenvmc: reply.xenvmc,
     };
   }
@@ -233,6 +239,18 @@ export class Domain {
   }
 
   async destroy(): Promise<void> {
+    // Let the guest close its disk's files first: descriptors belong to the host process and
+    // outlive a terminated thread. A guest that does not answer soon is terminated anyway.
+    if (this.status !== 'destroyed' && this.status !== 'crashed') {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        this.request('release').catch(() => {}),
+        new Promise((resolve) => {
+          timer = setTimeout(resolve, RELEASE_WAIT_MS);
+        }),
+      ]);
+      clearTimeout(timer);
+    }
     this.status = 'destroyed';
     await this.worker.terminate();
   }

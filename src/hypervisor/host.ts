@@ -9,6 +9,7 @@
 import { randomUUID } from 'node:crypto';
 import net from 'node:net';
 import os from 'node:os';
+import path from 'node:path';
 import type { Clock } from '../core/clock.ts';
 import { describeError, InputError, isTestbedError } from '../core/errors.ts';
 import { formatBytes, PAGE_SIZE_BYTES } from '../core/units.ts';
@@ -75,6 +76,11 @@ export interface HostInit {
   xenvmcMode?: XenvmcMode;
   /** Which domains may share a channel. @default same tenant only */
   channelPolicy?: ChannelPolicy;
+  /**
+   * Shared storage: domain `name`'s disk is the directory `storageDir/name`, which must be the
+   * same directory on every host (as the paper's NFS machine). None: domains have no disk.
+   */
+  storageDir?: string;
   log?: (line: string) => void;
 }
 
@@ -184,6 +190,11 @@ export class Host {
       },
       { mode: this.xenvmcMode },
     );
+  }
+
+  /** Domain `name`'s disk on shared storage, or null when this host has none. */
+  private diskDir(name: string): string | null {
+    return this.init.storageDir === undefined ? null : path.join(this.init.storageDir, name);
   }
 
   /** Relays a port of this machine to `port` of a domain (by name here, or by IP). */
@@ -299,7 +310,13 @@ export class Host {
       tenant: request.tenant ?? 'default',
     };
     const programs = request.programs ?? [];
-    const domain = await Domain.boot(identity, memory, { kind: 'boot', programs }, this.log);
+    const domain = await Domain.boot(
+      identity,
+      memory,
+      { kind: 'boot', programs },
+      this.log,
+      this.diskDir(request.name),
+    );
     this.serveXenvmc(domain);
     this.domains.set(request.name, { domain, programs });
     this.bridge.attach(domain);
@@ -562,7 +579,13 @@ export class Host {
       ip: info.ip,
       tenant: info.tenant,
     };
-    const pending = Domain.boot(identity, memory, { kind: 'incoming' }, this.log);
+    const pending = Domain.boot(
+      identity,
+      memory,
+      { kind: 'incoming' },
+      this.log,
+      this.diskDir(info.name),
+    );
     this.incoming.set(info.name, { bytes, domain: pending });
     memory.pretouch();
     await pending;

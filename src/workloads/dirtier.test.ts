@@ -11,6 +11,7 @@ import fc from 'fast-check';
 import { InputError } from '../core/errors.ts';
 import { PAGE_SIZE_BYTES } from '../core/units.ts';
 import { NO_NETWORK } from '../guest/kernel.ts';
+import { NO_FILES } from '../guest/files.ts';
 import type { GuestProgram, ProgramContext } from '../guest/program.ts';
 import { GuestMemory } from '../memory/guest-memory.ts';
 import { defaultLayout, type Region } from '../memory/layout.ts';
@@ -57,6 +58,7 @@ class FakeKernel {
       },
       log: () => {},
       net: NO_NETWORK,
+      files: NO_FILES,
     };
   }
 

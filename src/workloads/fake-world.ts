@@ -3,6 +3,7 @@
  * `GuestMemory`, a timer list fired by hand and a shared manual clock, for unit tests of guest
  * programs (the streamer, netbench, and later the mail programs). Side a is the listening one.
  */
+import { type GuestFiles, NO_FILES } from '../guest/files.ts';
 import { createFakeNetPair, type FakeNet, type FakeNetPair } from '../guest/fake-net.ts';
 import type {
   GuestProgram,
@@ -30,6 +31,8 @@ export class FakeDomain<Params, State> {
   readonly logs: string[] = [];
   /** What the program calls; a test may wrap it (events still come from `fakeNet`). */
   net: GuestNet;
+  /** Files of the program; a test may give it a page cache over a `MemoryDisk`. */
+  files: GuestFiles = NO_FILES;
 
   constructor(
     readonly world: FakeWorld<Params, State>,
@@ -51,6 +54,7 @@ export class FakeDomain<Params, State> {
       },
       log: (message) => this.logs.push(message),
       net: this.net,
+      files: this.files,
     };
   }
 
