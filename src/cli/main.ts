@@ -10,11 +10,14 @@ import type { DomainSummary } from '../hypervisor/host.ts';
 import { textTable } from '../report/table.ts';
 import { XENVMC_MODES } from '../xenvmc/protocol.ts';
 import { ControlClient } from './control-client.ts';
+import { printMailResult, runDemoMail } from './demo-mail.ts';
 import { printMigrationStats, runDemoMigrate } from './demo-migrate.ts';
 import { printStreamResult, runDemoStream, STREAM_MODES } from './demo-stream.ts';
+import { experimentCommand } from './experiment-command.ts';
 import { runHost } from './host-command.ts';
 import { followMigration } from './migrate-command.ts';
 import { MigrationProgressDisplay } from './progress.ts';
+import { reportCommand } from './report-command.ts';
 
 let jsonErrors = false;
 
@@ -73,6 +76,10 @@ program
   .option(
     '--migrate-channel-pages',
     "send the XENVMC channel pages a domain granted with it, as real Xen would (default: not, the paper's premise)",
+  )
+  .option(
+    '--storage <dir>',
+    'shared storage: domain NAME gets the disk DIR/NAME (the same directory on every host; never migrated)',
   )
   .option(
     '--peer <addr>',
@@ -296,6 +303,88 @@ demo
       process.stdout.write(`\n${result.notes.map((n) => `note: ${n}`).join('\n')}\n`);
     }
     if (!result.digestsMatch) process.exitCode = 1;
+  });
+
+demo
+  .command('mail')
+  .description(
+    "the paper's workload: Mclient in VM2 sends n x n mails to the mail server in VM1, which is migrated mid-run; every mailbox is checked",
+  )
+  .addOption(
+    new Option('--mode <mode>', 'inter-VM carrier mode')
+      .choices([...XENVMC_MODES])
+      .default('advance'),
+  )
+  .option('--n <n>', "Mclient's n: n x n mails", '4')
+  .option('--file-size <size>', 'size of the file attached to each mail', '1MB')
+  .option('--memory <size>', 'guest memory of VM1, the mail server', '128MiB')
+  .option(
+    '--migrate-after <duration>',
+    'how long Mclient runs before the migration starts',
+    '300ms',
+  )
+  .option('--pacing <duration>', 'pause between two mails', '0ms')
+  .option('--no-migrate', 'do not migrate VM1 (a baseline)')
+  .option('--seed <n>', "seed of the attachments' contents", '1')
+  .option('--link <rate>', 'link rate between the hosts', '1gbit')
+  .addOption(
+    new Option('--policy <policy>', 'stop policy')
+      .choices(['paper', 'xen', 'qemu'])
+      .default('paper'),
+  )
+  .option('--json', 'print the result as JSON on stdout')
+  .option('--quiet', 'no progress on stderr')
+  .action(async (options) => {
+    jsonErrors = Boolean(options.json);
+    const result = await runDemoMail({
+      ...options,
+      migrate: options.migrate !== false,
+      json: Boolean(options.json),
+      quiet: Boolean(options.quiet),
+    });
+    if (options.json) printJson(result);
+    else {
+      printMailResult(result);
+      process.stdout.write(`\n${result.notes.map((n) => `note: ${n}`).join('\n')}\n`);
+    }
+    if (!result.ok) process.exitCode = 1;
+  });
+
+program
+  .command('experiment')
+  .description(
+    "run the paper's experiment: every mode, every point of the scenario's tables, repeated; writes results and a report",
+  )
+  .argument('[scenario]', 'a preset (quick, paper) or a scenario file (.yaml, .json)', 'quick')
+  .option('--out <dir>', 'output directory (default: results/<scenario>-<timestamp>)')
+  .option(
+    '--netns',
+    'each host in its own network namespace, joined by a tc-shaped veth link (root)',
+  )
+  .option('--remote', 'use the running hosts the scenario lists by address')
+  .option('--modes <list>', 'only these modes, comma-separated')
+  .option('--repetitions <n>', "override the scenario's repetitions")
+  .option('--json', 'print a JSON summary on stdout')
+  .option('--quiet', 'no progress on stderr')
+  .option('--verbose', "show the hosts' logs")
+  .action(async (scenario: string, options) => {
+    jsonErrors = Boolean(options.json);
+    const results = await experimentCommand(scenario, {
+      ...options,
+      json: Boolean(options.json),
+      quiet: Boolean(options.quiet),
+    });
+    if (results.runs.some((run) => !run.ok)) process.exitCode = 1;
+  });
+
+program
+  .command('report')
+  .description('re-render report.html, report.md and results.csv from DIR/results.json')
+  .argument('<dir>', 'an experiment output directory')
+  .option('--json', 'print the written files as JSON')
+  .action(async (dir: string, options) => {
+    jsonErrors = Boolean(options.json);
+    await reportCommand(dir, { json: Boolean(options.json) });
   });
 
 try {

@@ -8,6 +8,13 @@
 import { InputError } from '../core/errors.ts';
 import { parseScenario, type Scenario } from './scenario.ts';
 
+/**
+ * VM1's resident memory: a booted guest's memory is mostly not zero (kernel, libraries, the
+ * MTA, caches), and zero pages cost nothing to migrate, so VM1's program memory is filled with
+ * random bytes at boot and then left alone (the `idle` behaviour).
+ */
+const IMAGE = { kind: 'dirtier', params: { behaviour: 'idle' } };
+
 const PAPER = {
   name: 'paper',
   description:
@@ -18,7 +25,14 @@ const PAPER = {
   repetitions: 3,
   seed: 1,
   domains: [
-    { name: 'vm1', memory: '1GiB', ip: '10.77.0.1', tenant: 'lab', role: 'mail-server' },
+    {
+      name: 'vm1',
+      memory: '1GiB',
+      ip: '10.77.0.1',
+      tenant: 'lab',
+      role: 'mail-server',
+      programs: [IMAGE],
+    },
     { name: 'vm2', memory: '256MiB', ip: '10.77.0.2', tenant: 'lab', role: 'mclient' },
   ],
   migrate: { domain: 'vm1', from: 'h1', to: 'h2', warmupMs: 2000 },
@@ -36,7 +50,14 @@ const QUICK = {
     "The paper's experiment scaled down to a few minutes on two cores: same shape (two tables, every mode, VM1 migrated while Mclient runs), smaller VM, fewer and smaller mails, two repetitions.",
   repetitions: 2,
   domains: [
-    { name: 'vm1', memory: '128MiB', ip: '10.77.0.1', tenant: 'lab', role: 'mail-server' },
+    {
+      name: 'vm1',
+      memory: '128MiB',
+      ip: '10.77.0.1',
+      tenant: 'lab',
+      role: 'mail-server',
+      programs: [IMAGE],
+    },
     { name: 'vm2', memory: '64MiB', ip: '10.77.0.2', tenant: 'lab', role: 'mclient' },
   ],
   migrate: { domain: 'vm1', from: 'h1', to: 'h2', warmupMs: 200 },

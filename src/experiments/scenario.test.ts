@@ -68,7 +68,10 @@ describe('scenarios', () => {
       'a bad n is named by its path',
     );
     assert.match(
-      errorOf({ ...MINIMAL, domains: [{ ...MINIMAL.domains[0], memory: 'lots' }, MINIMAL.domains[1]] }),
+      errorOf({
+        ...MINIMAL,
+        domains: [{ ...MINIMAL.domains[0], memory: 'lots' }, MINIMAL.domains[1]],
+      }),
       /domains\.0\.memory:/,
       'a bad size is named',
     );
@@ -79,7 +82,10 @@ describe('scenarios', () => {
       'cross-field checks name their fields',
     );
     assert.match(
-      errorOf({ ...MINIMAL, domains: [MINIMAL.domains[0], { ...MINIMAL.domains[1], role: 'mail-server' }] }),
+      errorOf({
+        ...MINIMAL,
+        domains: [MINIMAL.domains[0], { ...MINIMAL.domains[1], role: 'mail-server' }],
+      }),
       /exactly one domain must have role mclient/,
       'the two roles are required',
     );
@@ -109,7 +115,10 @@ describe('scenarios', () => {
   });
 
   test('runs: mode-major, then repetition, table and n; seeds differ by repetition only', () => {
-    const scenario = parseScenario({ ...MINIMAL, repetitions: 2, modes: ['off', 'advance'] }, 'test');
+    const scenario = parseScenario(
+      { ...MINIMAL, repetitions: 2, modes: ['off', 'advance'] },
+      'test',
+    );
     const runs = planRuns(scenario);
     assert.equal(runs.length, 2 * 2 * 2, 'modes x repetitions x points');
     assert.deepEqual(

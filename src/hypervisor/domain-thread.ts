@@ -13,6 +13,7 @@ import { GuestMemory } from '../memory/guest-memory.ts';
 import { ipToU32 } from '../net/frame.ts';
 import { dirtierFactory } from '../workloads/dirtier.ts';
 import { mailServerFactory } from '../workloads/mail/mail-server.ts';
+import { mclientFactory } from '../workloads/mail/mclient.ts';
 import { netbenchFactory } from '../workloads/netbench.ts';
 import { streamerFactory } from '../workloads/streamer.ts';
 import { XenvmcModule } from '../xenvmc/module.ts';
@@ -35,6 +36,7 @@ const factories = new Map<string, ProgramFactory>([
   [streamerFactory.kind, streamerFactory as ProgramFactory],
   [netbenchFactory.kind, netbenchFactory as ProgramFactory],
   [mailServerFactory.kind, mailServerFactory as ProgramFactory],
+  [mclientFactory.kind, mclientFactory as ProgramFactory],
 ]);
 
 const memory = GuestMemory.attach(data.memory);

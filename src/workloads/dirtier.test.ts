@@ -10,8 +10,8 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { InputError } from '../core/errors.ts';
 import { PAGE_SIZE_BYTES } from '../core/units.ts';
-import { NO_NETWORK } from '../guest/kernel.ts';
 import { NO_FILES } from '../guest/files.ts';
+import { NO_NETWORK } from '../guest/kernel.ts';
 import type { GuestProgram, ProgramContext } from '../guest/program.ts';
 import { GuestMemory } from '../memory/guest-memory.ts';
 import { defaultLayout, type Region } from '../memory/layout.ts';
@@ -20,6 +20,7 @@ import {
   type DirtierParams,
   type DirtierState,
   dirtierFactory,
+  resolveDirtierParams,
   STAMP_SIZE_BYTES,
   TICK_CREDIT_MS_MAX,
 } from './dirtier.ts';
@@ -325,5 +326,39 @@ describe('dirtier', () => {
     assert.deepEqual(kernel.timers, [{ dueMs: 10, tag: DIRTIER_TICK_TAG }]);
     assert.throws(() => program.onTimer('other'), /arms only 'tick' timers/);
     assert.equal(PAGE_SIZE_BYTES % STAMP_SIZE_BYTES, 0);
+  });
+});
+
+describe('dirtier behaviours', () => {
+  const region = { name: 'program' as const, firstPage: 0, pageCount: 1000 };
+  it('a behaviour gives defaults that explicit parameters override', () => {
+    const web = resolveDirtierParams({ behaviour: 'web' }, region);
+    assert.equal(web.dirtyRatePagesPerSec, 2000, 'web: 2000 pages/s');
+    assert.equal(web.pattern, 'hotcold', 'web: a hot set');
+    assert.equal(web.hotFraction, 0.05, 'web: 5 % hot');
+    const slower = resolveDirtierParams({ behaviour: 'web', dirtyRatePagesPerSec: 10 }, region);
+    assert.equal(slower.dirtyRatePagesPerSec, 10, 'an explicit rate wins');
+    assert.equal(
+      resolveDirtierParams({ behaviour: 'idle' }, region).dirtyRatePagesPerSec,
+      0,
+      'idle',
+    );
+    assert.equal(
+      resolveDirtierParams({ behaviour: 'memory-bound' }, region).pattern,
+      'uniform',
+      'memory-bound writes everywhere',
+    );
+  });
+  it('an unknown behaviour or a missing rate is refused', () => {
+    assert.throws(
+      () => resolveDirtierParams({ behaviour: 'gaming' as 'idle' }, region),
+      /behaviour must be one of idle, web, memory-bound/,
+      'unknown behaviour named',
+    );
+    assert.throws(
+      () => resolveDirtierParams({}, region),
+      /dirtyRatePagesPerSec must be a finite number/,
+      'no rate and no behaviour',
+    );
   });
 });

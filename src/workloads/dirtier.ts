@@ -75,10 +75,35 @@ export const TICK_CREDIT_MS_MAX = 1000;
  */
 export const TICK_PAGES_MAX = 65_536;
 
+/**
+ * Named guest behaviours for experiments beyond the paper; a behaviour gives defaults that
+ * explicit parameters override. `idle`: a booted guest holding its memory, writing nothing
+ * after the fill. `web`: a web-like server, 2000 pages/s (8 MB/s) into a hot set of 5 % of the
+ * working set that takes 95 % of the writes (request buffers, session caches). `memory-bound`:
+ * 50,000 pages/s (200 MB/s) spread uniformly, faster than a 1 Gbit/s link can resend, so
+ * pre-copy does not converge and stops at its round cap.
+ */
+export const DIRTIER_BEHAVIOURS = {
+  idle: { dirtyRatePagesPerSec: 0 },
+  web: {
+    dirtyRatePagesPerSec: 2000,
+    pattern: 'hotcold',
+    hotFraction: 0.05,
+    hotProbability: 0.95,
+  },
+  'memory-bound': { dirtyRatePagesPerSec: 50_000, pattern: 'uniform' },
+} as const satisfies Record<string, Partial<DirtierParams>>;
+export type DirtierBehaviour = keyof typeof DIRTIER_BEHAVIOURS;
+
 /** Parameters of a dirtier, e.g. from a scenario file. */
 export interface DirtierParams {
-  /** Pages dirtied per second of guest time; 0 makes the dirtier idle after its fill. */
-  dirtyRatePagesPerSec: number;
+  /** A named behaviour whose settings are the defaults of the parameters below. */
+  behaviour?: DirtierBehaviour;
+  /**
+   * Pages dirtied per second of guest time; 0 makes the dirtier idle after its fill. Required
+   * unless a `behaviour` gives it.
+   */
+  dirtyRatePagesPerSec?: number;
   /**
    * Size of the working set: the first pages of the program's data region.
    * @default the whole data region
@@ -123,7 +148,7 @@ export interface DirtierParams {
 }
 
 /** Dirtier parameters with every default filled in. */
-export type DirtierConfig = Required<DirtierParams>;
+export type DirtierConfig = Required<Omit<DirtierParams, 'behaviour'>>;
 
 /** The dirtier's whole state: plain structured-clone data. */
 export interface DirtierState {
@@ -151,19 +176,29 @@ const PARAM_NAMES: ReadonlySet<string> = new Set([
   'hotProbability',
   'zipfExponent',
   'fill',
+  'behaviour',
 ]);
 
 /**
  * Checks `params` against the program's data region and fills in the defaults. Throws
  * `InputError` naming the parameter, its value and what is allowed.
  */
-export function resolveDirtierParams(params: DirtierParams, dataRegion: Region): DirtierConfig {
-  const unknown = Object.keys(params).filter((name) => !PARAM_NAMES.has(name));
+export function resolveDirtierParams(given: DirtierParams, dataRegion: Region): DirtierConfig {
+  const unknown = Object.keys(given).filter((name) => !PARAM_NAMES.has(name));
   if (unknown.length > 0) {
     throw new InputError(
       `unknown dirtier parameter ${unknown.join(', ')}; known: ${[...PARAM_NAMES].join(', ')}`,
     );
   }
+  if (given.behaviour !== undefined && !Object.hasOwn(DIRTIER_BEHAVIOURS, given.behaviour)) {
+    throw new InputError(
+      `behaviour must be one of ${Object.keys(DIRTIER_BEHAVIOURS).join(', ')}; got ${String(given.behaviour)}`,
+    );
+  }
+  const params: DirtierParams = {
+    ...(given.behaviour ? DIRTIER_BEHAVIOURS[given.behaviour] : {}),
+    ...Object.fromEntries(Object.entries(given).filter(([, value]) => value !== undefined)),
+  };
   const rate = params.dirtyRatePagesPerSec;
   if (typeof rate !== 'number' || !Number.isFinite(rate) || rate < 0) {
     throw new InputError(`dirtyRatePagesPerSec must be a finite number >= 0; got ${rate}`);
