@@ -10,6 +10,7 @@ import type { DomainSummary } from '../hypervisor/host.ts';
 import { textTable } from '../report/table.ts';
 import { XENVMC_MODES } from '../xenvmc/protocol.ts';
 import { ControlClient } from './control-client.ts';
+import { printFaultReport, runDemoFaults } from './demo-faults.ts';
 import { printMailResult, runDemoMail } from './demo-mail.ts';
 import { printMigrationStats, runDemoMigrate } from './demo-migrate.ts';
 import { printStreamResult, runDemoStream, STREAM_MODES } from './demo-stream.ts';
@@ -348,6 +349,27 @@ demo
       process.stdout.write(`\n${result.notes.map((n) => `note: ${n}`).join('\n')}\n`);
     }
     if (!result.ok) process.exitCode = 1;
+  });
+
+demo
+  .command('faults')
+  .description(
+    'migrations of a communicating domain with faults chosen by a seed; checks it runs in exactly one place and no stream byte is lost',
+  )
+  .option('--seed <n>', 'replay the runs of this seed (printed first; random if not given)')
+  .option('--runs <n>', 'how many runs', '8')
+  .option('--json', 'print the result as JSON on stdout')
+  .option('--quiet', 'no progress on stderr')
+  .action(async (options) => {
+    jsonErrors = Boolean(options.json);
+    const report = await runDemoFaults({
+      ...options,
+      json: Boolean(options.json),
+      quiet: Boolean(options.quiet),
+    });
+    if (options.json) printJson(report);
+    else printFaultReport(report);
+    if (report.domainsLost || report.domainsDuplicated || report.bytesLost) process.exitCode = 1;
   });
 
 program

@@ -240,6 +240,16 @@ export class XenvmcModule implements CarrierModule {
     }
   }
 
+  /**
+   * No new channel while this domain migrates, except in `advance` mode: Advance-XENVMC's
+   * keep-con-with-migration phase "finds or creates the connection" (the paper, section 10),
+   * so a connection opened during pre-copy gets a channel too; finish_mig ends it like the
+   * others when the migration completes.
+   */
+  private blockedByMigration(): boolean {
+    return this.state.migrating && this.state.mode !== 'advance';
+  }
+
   private onMigration(phase: MigrationNotice['phase']): void {
     if (phase === 'started') {
       this.state.migrating = true;
@@ -362,7 +372,11 @@ export class XenvmcModule implements CarrierModule {
       if (connection.phase === 'cancelling' || connection.phase === 'finishing')
         this.progressTeardown(connection, carried.stream);
     }
-    if (this.state.mode === 'off' || this.state.migrating || this.state.connections.length > 64)
+    if (
+      this.state.mode === 'off' ||
+      this.blockedByMigration() ||
+      this.state.connections.length > 64
+    )
       return;
     for (const carried of streams) this.analyze(carried);
     this.checkSuspend();
@@ -380,7 +394,8 @@ export class XenvmcModule implements CarrierModule {
     const s = stream.state;
     if (s.role !== 'connector' || s.phase !== 'established' || this.connectionOf(carried)) return;
     const peer = this.state.coResidents.find((p) => p.ip === s.remoteIp);
-    if (!peer || peer.migrating || peer.tenant !== this.components.identity.tenant) return;
+    if (!peer || peer.tenant !== this.components.identity.tenant) return;
+    if (peer.migrating && this.state.mode !== 'advance') return;
     this.offer(carried, peer);
   }
 
@@ -458,7 +473,7 @@ export class XenvmcModule implements CarrierModule {
       this.state.counters.channelsRefused++;
       this.send(fromDomId, { kind: 'refuse', key, reason });
     };
-    if (this.state.mode === 'off' || this.state.migrating)
+    if (this.state.mode === 'off' || this.blockedByMigration())
       return refuse(`mode ${this.state.mode}${this.state.migrating ? ', migrating' : ''}`);
     if (!peer || peer.tenant !== this.components.identity.tenant)
       return refuse('not a co-resident of the same tenant');
