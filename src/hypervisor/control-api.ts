@@ -4,17 +4,29 @@
  * token; the server binds to loopback unless told otherwise.
  */
 import { timingSafeEqual } from 'node:crypto';
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { isTestbedError } from '../core/errors.ts';
 import { parseBytes } from '../core/units.ts';
 import { REGION_NAMES } from '../memory/layout.ts';
 import type { Host } from './host.ts';
 
+/**
+ * HTTP status per error code. A bad request is a 4xx; a guest that cannot boot with the
+ * programs it was given is 422 (the request was well-formed but cannot be carried out); a
+ * peer host that cannot be reached or fails the cluster-key check is 502 (504 when it does
+ * not answer in time), as a gateway would answer; a full host is 507. 500 is left for bugs.
+ */
 const STATUS_BY_CODE: Record<string, number> = {
   INPUT_INVALID: 400,
   DOMAIN_UNKNOWN: 404,
   DOMAIN_EXISTS: 409,
   DOMAIN_STATE: 409,
+  DOMAIN_CRASHED: 409,
+  DOMAIN_BOOT_FAILED: 422,
+  LINK_CLOSED: 502,
+  LINK_AUTH_FAILED: 502,
+  LINK_MALFORMED: 502,
+  LINK_TIMEOUT: 504,
   HOST_NO_MEMORY: 507,
 };
 
@@ -65,30 +77,69 @@ const migrateSchema = {
 
 export interface ControlApiInit {
   token: string;
+  /** The address to bind; the CLI's default is loopback (`xenvmc host --control`). */
   host: string;
   port: number;
   /** Called after /v1/shutdown has answered. */
   onShutdown: () => void;
 }
 
+/** Starts the control API on `init.host:init.port`; resolves once it listens. */
 export async function startControlApi(
   host: Host,
   init: ControlApiInit,
 ): Promise<{ app: FastifyInstance; url: string }> {
-  const app = Fastify({ logger: false, bodyLimit: 1 << 20 });
+  const app = buildControlApi(host, init);
+  const url = await app.listen({ host: init.host, port: init.port });
+  return { app, url };
+}
+
+/**
+ * The control API's routes, not listening: `startControlApi` binds it, tests call
+ * `app.inject` (no socket).
+ */
+export function buildControlApi(
+  host: Host,
+  init: Pick<ControlApiInit, 'token' | 'onShutdown'>,
+): FastifyInstance {
   const expected = Buffer.from(`Bearer ${init.token}`);
+  const authorized = (request: FastifyRequest): boolean => {
+    const given = Buffer.from(request.headers.authorization ?? '');
+    return given.length === expected.length && timingSafeEqual(given, expected);
+  };
+  const unauthorized = {
+    error: {
+      code: 'UNAUTHORIZED',
+      message: "missing or wrong bearer token (see the host's ready line or XENVMC_TOKEN)",
+    },
+  };
+  const app = Fastify({
+    logger: false,
+    bodyLimit: 1 << 20,
+    // A URL the router cannot decode (bad percent-encoding, a too long parameter) skips the
+    // hooks: check the token here too, and answer in the API's error shape.
+    frameworkErrors: (error, request, genericReply) => {
+      const reply = genericReply as FastifyReply;
+      if (!authorized(request)) return reply.code(401).send(unauthorized);
+      return reply
+        .code(error.statusCode ?? 400)
+        .send({ error: { code: 'INPUT_INVALID', message: error.message } });
+    },
+  });
 
   app.addHook('onRequest', async (request, reply) => {
-    const given = Buffer.from(request.headers.authorization ?? '');
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-      return reply.code(401).send({
-        error: {
-          code: 'UNAUTHORIZED',
-          message: "missing or wrong bearer token (see the host's ready line or XENVMC_TOKEN)",
-        },
-      });
-    }
+    if (!authorized(request)) return reply.code(401).send(unauthorized);
   });
+
+  // Unknown routes answer in the same shape as every other error (after the token check).
+  app.setNotFoundHandler((request, reply) =>
+    reply.code(404).send({
+      error: {
+        code: 'NOT_FOUND',
+        message: `no route ${request.method} ${request.url.slice(0, 200)}`,
+      },
+    }),
+  );
 
   app.setErrorHandler((thrown, _request, reply) => {
     const error = thrown as Error;
@@ -263,6 +314,5 @@ export async function startControlApi(
     setImmediate(init.onShutdown);
   });
 
-  const url = await app.listen({ host: init.host, port: init.port });
-  return { app, url };
+  return app;
 }
