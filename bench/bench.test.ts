@@ -9,6 +9,7 @@ import { preCopyModel } from './migration/model.bench.ts';
 import { migrationThroughput } from './migration/throughput.bench.ts';
 import { channelVsNetfront } from './net/channel.bench.ts';
 import { netfrontThroughput } from './net/netfront.bench.ts';
+import { soak } from './soak/soak.bench.ts';
 
 describe('benchmarks in smoke mode', () => {
   for (const bench of [
@@ -17,6 +18,7 @@ describe('benchmarks in smoke mode', () => {
     preCopyModel,
     netfrontThroughput,
     channelVsNetfront,
+    soak,
   ]) {
     it(`${bench.id} runs and reports finite figures`, async () => {
       const figures = await bench.run('smoke');

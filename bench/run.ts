@@ -12,6 +12,7 @@ import { preCopyModel } from './migration/model.bench.ts';
 import { migrationThroughput } from './migration/throughput.bench.ts';
 import { channelVsNetfront } from './net/channel.bench.ts';
 import { netfrontThroughput } from './net/netfront.bench.ts';
+import { soak } from './soak/soak.bench.ts';
 
 export const BENCHMARKS: Benchmark[] = [
   logDirtyCost,
@@ -19,6 +20,7 @@ export const BENCHMARKS: Benchmark[] = [
   preCopyModel,
   netfrontThroughput,
   channelVsNetfront,
+  soak,
 ];
 
 const mode = (process.env.BENCH_MODE ?? 'real') as BenchMode;

@@ -3,11 +3,18 @@
  * seed first, so any run can be replayed with `--seed`, then one line per run and the totals.
  */
 import { InputError } from '../core/errors.ts';
-import { type FaultReport, runFaults } from '../experiments/fault-runs.ts';
+import {
+  FAULT_KINDS,
+  type FaultKind,
+  type FaultReport,
+  runFaults,
+} from '../experiments/fault-runs.ts';
 
 export interface DemoFaultsOptions {
   seed?: string;
   runs: string;
+  /** Only these fault kinds, comma-separated. */
+  only?: string;
   json: boolean;
   quiet: boolean;
 }
@@ -20,11 +27,15 @@ export async function runDemoFaults(options: DemoFaultsOptions): Promise<FaultRe
   const runs = Number(options.runs);
   if (!Number.isInteger(runs) || runs < 1 || runs > 1000)
     throw new InputError(`--runs '${options.runs}' must be an integer from 1 to 1000`);
+  const kinds = (options.only?.split(',').map((k) => k.trim()) ?? [...FAULT_KINDS]) as FaultKind[];
+  const unknown = kinds.filter((k) => !(FAULT_KINDS as readonly string[]).includes(k));
+  if (unknown.length)
+    throw new InputError(`--only: ${unknown.join(', ')} not one of ${FAULT_KINDS.join(', ')}`);
   const say = (line: string): void => {
     if (!options.quiet) process.stderr.write(`${line}\n`);
   };
   say(`xenvmc demo faults: seed ${seed} (replay with --seed ${seed}), ${runs} runs`);
-  return runFaults(seed, runs, say);
+  return runFaults(seed, runs, say, kinds);
 }
 
 export function printFaultReport(report: FaultReport): void {

@@ -358,6 +358,7 @@ demo
   )
   .option('--seed <n>', 'replay the runs of this seed (printed first; random if not given)')
   .option('--runs <n>', 'how many runs', '8')
+  .option('--only <kinds>', 'only these fault kinds, comma-separated (see the README)')
   .option('--json', 'print the result as JSON on stdout')
   .option('--quiet', 'no progress on stderr')
   .action(async (options) => {

@@ -18,7 +18,12 @@ export type LinkFault =
   /** Flip one bit of the byte at this position of the source's stream. */
   | { kind: 'corrupt'; afterBytes: number }
   /** Forward up to this byte, then close the target side cleanly (a truncated stream). */
-  | { kind: 'truncate'; afterBytes: number };
+  | { kind: 'truncate'; afterBytes: number }
+  /**
+   * Forward the source's stream whole, but cut both sides at the target's first message after
+   * this byte of it: past the reservation, that is the notice that the domain resumed there.
+   */
+  | { kind: 'cut-reply'; afterBytes: number };
 
 export class FaultProxy {
   private readonly server: net.Server;
@@ -75,6 +80,16 @@ export class FaultProxy {
     client.on('close', () => upstream.end());
     upstream.on('close', () => client.end());
     upstream.on('data', (chunk: Buffer) => {
+      const fault = this.fault;
+      if (
+        fault.kind === 'cut-reply' &&
+        !this.faultFired &&
+        this.forwardedBytes > fault.afterBytes
+      ) {
+        this.faultFired = true;
+        closeBoth();
+        return;
+      }
       if (!stalled) client.write(chunk);
     });
     client.on('data', (chunk: Buffer) => {
@@ -82,7 +97,12 @@ export class FaultProxy {
       const fault = this.fault;
       const start = this.forwardedBytes;
       this.forwardedBytes += chunk.length;
-      if (fault.kind === 'none' || this.faultFired || this.forwardedBytes <= fault.afterBytes) {
+      if (
+        fault.kind === 'none' ||
+        fault.kind === 'cut-reply' ||
+        this.faultFired ||
+        this.forwardedBytes <= fault.afterBytes
+      ) {
         upstream.write(chunk);
         return;
       }

@@ -12,7 +12,8 @@
  * timeout, a byte corrupted, or the stream truncated (a relay between the hosts, at a position
  * chosen by the seed, sometimes within the last bytes of the stream, where the end of the
  * migration is); the target refusing the memory; the source host killed after the target
- * resumed; and no fault (a control). The same seed replays the same choices.
+ * resumed; the link cut just as the target's notice that it resumed the domain comes back; and
+ * no fault (a control). The same seed replays the same choices.
  */
 
 import { sleepMs } from '../core/clock.ts';
@@ -34,6 +35,7 @@ export const FAULT_KINDS = [
   'stream-truncated',
   'target-refuses-memory',
   'source-killed-after-resume',
+  'resumed-notice-lost',
 ] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
@@ -81,9 +83,10 @@ export function planFaultRun(
   seed: number,
   index: number,
   migrationBytes: number,
+  kinds: readonly FaultKind[] = FAULT_KINDS,
 ): { fault: FaultKind; mode: XenvmcMode; afterBytes: number } {
   const random = new Random((seed ^ Math.imul(index + 1, 0x9e3779b1)) >>> 0);
-  const fault = FAULT_KINDS[random.nextInt(FAULT_KINDS.length)]!;
+  const fault = kinds[random.nextInt(kinds.length)]!;
   const mode = XENVMC_MODES[random.nextInt(XENVMC_MODES.length)]!;
   // A third of link faults land in the last 2 % of the stream, where round n, the stop-and-copy
   // and the end of the migration are.
@@ -104,6 +107,8 @@ function linkFault(fault: FaultKind, afterBytes: number): LinkFault | null {
       return { kind: 'corrupt', afterBytes };
     case 'stream-truncated':
       return { kind: 'truncate', afterBytes };
+    case 'resumed-notice-lost':
+      return { kind: 'cut-reply', afterBytes: Math.floor(afterBytes / 2) };
     default:
       return null;
   }
@@ -124,9 +129,10 @@ export async function runFaultRun(
   seed: number,
   index: number,
   migrationBytes: number,
+  kinds: readonly FaultKind[],
   log: (line: string) => void,
 ): Promise<FaultRun> {
-  const { fault, mode, afterBytes } = planFaultRun(seed, index, migrationBytes);
+  const { fault, mode, afterBytes } = planFaultRun(seed, index, migrationBytes, kinds);
   const result: FaultRun = {
     run: index + 1,
     mode,
@@ -298,6 +304,7 @@ export async function runFaults(
   seed: number,
   runs: number,
   log: (line: string) => void,
+  kinds: readonly FaultKind[] = FAULT_KINDS,
 ): Promise<FaultReport> {
   const migrationBytes = await measureMigrationBytes();
   log(`a fault-free migration of VM1 puts ${migrationBytes} B on the link`);
@@ -314,7 +321,7 @@ export async function runFaults(
     bytesLost: 0,
   };
   for (let index = 0; index < runs; index++) {
-    const run = await runFaultRun(seed, index, migrationBytes, log);
+    const run = await runFaultRun(seed, index, migrationBytes, kinds, log);
     report.runs.push(run);
     if (run.faultInjected) report.faultsInjected++;
     if (run.migration === 'completed') report.migrationsCompleted++;
