@@ -27,6 +27,16 @@ export interface LifecycleOptions {
   retryTag: string;
 }
 
+/**
+ * Connect errors worth another try: nobody listens yet, the peer is not reachable yet, or every
+ * socket slot of our sockbuf region is still held by connections that are closing.
+ */
+const RETRYABLE_CONNECT_ERRORS: ReadonlySet<string> = new Set([
+  'ECONNREFUSED',
+  'EHOSTUNREACH',
+  'ENOBUFS',
+]);
+
 /** Records a failure: the program stops, the error is counted and kept for its stats. */
 export function failProgram(
   context: ProgramContext,
@@ -51,7 +61,7 @@ export function onSocketError(
   error: { description: string; code: string },
 ): void {
   state.socket = null;
-  const retryable = error.code === 'ECONNREFUSED' || error.code === 'EHOSTUNREACH';
+  const retryable = RETRYABLE_CONNECT_ERRORS.has(error.code);
   if (state.phase !== 'connecting' || !retryable) {
     failProgram(context, state, options.label, error.description);
   } else if (state.connectTries < options.connectTriesMax) {
@@ -80,15 +90,26 @@ export function onSocketClosed(
   }
 }
 
-/** A client's connect attempt (counted, so retries stay bounded). */
+/**
+ * A client's connect attempt (counted, so retries stay bounded). A connect refused on the spot
+ * because no socket slot is free (ENOBUFS) returns false: the caller treats it as an `error`
+ * event of the attempt, which `onSocketError` retries.
+ */
 export function startConnect(
   context: ProgramContext,
   state: LifecycleState,
   peer: { ip: string; port: number },
-): void {
+): { ok: true } | { ok: false; code: string; description: string } {
   state.connectTries++;
   state.phase = 'connecting';
-  state.socket = context.net.connect(peer.ip, peer.port);
+  try {
+    state.socket = context.net.connect(peer.ip, peer.port);
+    return { ok: true };
+  } catch (error) {
+    if (!(error instanceof NetError) || error.code !== 'ENOBUFS') throw error;
+    state.socket = null;
+    return { ok: false, code: error.code, description: `${error.code}: ${error.message}` };
+  }
 }
 
 /**

@@ -462,7 +462,8 @@ class Streamer implements GuestProgram<StreamerState> {
 
   private connect(): void {
     const { peerIp, port } = this.state.params;
-    startConnect(this.context, this.state, { ip: peerIp!, port });
+    const attempt = startConnect(this.context, this.state, { ip: peerIp!, port });
+    if (!attempt.ok) this.onError(attempt.description, attempt.code);
   }
 
   private onAccepted(socket: SocketId): void {

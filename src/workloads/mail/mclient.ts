@@ -591,8 +591,9 @@ class Mclient implements GuestProgram<MclientState> {
     const { serverIp, port } = this.state.params;
     this.state.phase = 'connect';
     this.state.connectTries++;
-    startConnect(this.context, this.state.connection, { ip: serverIp, port });
+    const attempt = startConnect(this.context, this.state.connection, { ip: serverIp, port });
     this.progress();
+    if (!attempt.ok) this.onError(attempt.description, attempt.code);
   }
 
   private lifecycle(): LifecycleOptions {
