@@ -133,6 +133,8 @@ export async function runMailRun(spec: MailRunSpec): Promise<MailRunResult> {
   let channelBytes = 0;
   let volume: VolumeSample[] = [];
   try {
+    // The source's egress series is kept from here on: a reused host's earlier runs are not ours.
+    const runStartSamplerMs = await samplerNowMs(from);
     await from.client.post('/v1/domains', {
       name: server.name,
       memory: server.memoryBytes,
@@ -194,7 +196,7 @@ export async function runMailRun(spec: MailRunSpec): Promise<MailRunResult> {
         failure = `migration failed: ${describeError(error)}`;
       }
       const samples = await from.client.get<LinkSample[]>(
-        `/v1/link-samples?since=${Math.max(0, reference - VOLUME_LEAD_MS)}`,
+        `/v1/link-samples?since=${Math.max(runStartSamplerMs, reference - VOLUME_LEAD_MS)}`,
       );
       volume = samples.map((sample) => ({
         tMs: sample.tMs - reference,

@@ -62,13 +62,13 @@ const QUICK = {
   ],
   migrate: { domain: 'vm1', from: 'h1', to: 'h2', warmupMs: 200 },
   tables: [
-    { name: 'table1', fileSize: '256KB', n: [2, 4] },
-    { name: 'table2', fileSize: '768KB', n: [2, 4] },
+    { name: 'table1', fileSize: '128KB', n: [2, 4] },
+    { name: 'table2', fileSize: '384KB', n: [2, 4] },
   ],
   scaled: [
     'quick preset: VM1 has 128 MiB (paper preset: 1 GiB).',
     'quick preset: n = 2 and 4 (4 and 16 mails; the paper: n = 4..20, 16 to 400 mails).',
-    'quick preset: attachments of 256 KB and 768 KB (the paper: 1 MB and 3 MB), i.e. a quarter.',
+    'quick preset: attachments of 128 KB and 384 KB (the paper: 1 MB and 3 MB), an eighth.',
     'quick preset: 2 repetitions per point; migration after 200 ms of mail (paper preset: 3 and 2 s).',
   ],
 };

@@ -19,7 +19,7 @@ export interface MailLatency {
   startMs: number;
   /** From connect to the server's 250 after the data, in guest ms. */
   latencyMs: number;
-  /** The mail started between the migrate command and the target's resumed notice. */
+  /** The mail was in flight at some moment between the migrate command and the target's resumed notice. */
   duringMigration: boolean;
 }
 
