@@ -125,4 +125,23 @@ describe('a failed migration', () => {
     assert.equal(record.stats!.memoryVerified, true);
     assert.equal(await domainStatus(h2, 'vm'), 'running');
   });
+
+  it('completes, and runs the domain only on the target, when the resumed notice is lost', async () => {
+    // The relay forwards the whole stream, then cuts the link as the target's notice comes back:
+    // the source must ask the target instead of resuming its own copy (never both).
+    const proxy = await FaultProxy.start(parseAddress(h1.link), {
+      kind: 'cut-reply',
+      afterBytes: 1 << 20,
+    });
+    try {
+      const record = await migrateAndWait(h2, 'vm', proxy.address);
+      assert.ok(proxy.faultFired, 'the notice was cut off');
+      assert.equal(record.status, 'completed', JSON.stringify(record.error));
+      assert.equal(record.stats!.memoryVerified, true, 'the digest came with the answer');
+      assert.equal(await domainStatus(h1, 'vm'), 'running', 'the domain runs on the target');
+      assert.equal(await domainStatus(h2, 'vm'), null, 'and not on the source');
+    } finally {
+      await proxy.close();
+    }
+  });
 });

@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import type { Clock } from '../core/clock.ts';
+import { type Clock, sleepMs } from '../core/clock.ts';
 import { describeError, InputError, isTestbedError } from '../core/errors.ts';
 import { formatBytes, PAGE_SIZE_BYTES } from '../core/units.ts';
 import type { ProgramSpec } from '../guest/kernel.ts';
@@ -20,7 +20,7 @@ import { ChannelPagesTracker } from '../migration/channel-pages.ts';
 import type { DomainInfo } from '../migration/codec.ts';
 import { policyByName } from '../migration/policy.ts';
 import { receiveMigration, STALL_TIMEOUT_MS } from '../migration/receiver.ts';
-import { sendMigration } from '../migration/sender.ts';
+import { type IncomingOutcome, sendMigration } from '../migration/sender.ts';
 import type { MigrationProgress, MigrationStats } from '../migration/stats.ts';
 import { ipToU32 } from '../net/frame.ts';
 import { LinkSampler } from '../net/sampler.ts';
@@ -40,7 +40,13 @@ import {
   runLinkTest,
   serveLinkTest,
 } from './link-test.ts';
-import { acceptPeer, connectToPeer, parseAddress } from './peer-link.ts';
+import {
+  type AuthenticatedLink,
+  acceptPeer,
+  connectToPeer,
+  encodeControlMessage,
+  parseAddress,
+} from './peer-link.ts';
 import { type PublishedDomain, type PublisherEvent, StatePublisher } from './publisher.ts';
 
 export interface HostInit {
@@ -114,6 +120,16 @@ export interface DomainSummary {
 
 export type MigrationStatus = 'running' | 'completed' | 'failed';
 
+type IncomingOutcomeRecord =
+  | { state: 'receiving' | 'discarded' }
+  | { state: 'resumed'; pageCrcDigest: string };
+/** Incoming outcomes kept for sources in doubt. */
+const OUTCOMES_KEPT = 256;
+const OUTCOME_QUESTION_TIMEOUT_MS = 5000;
+const OUTCOME_RETRY_MS = 100;
+/** Beyond the target's stall timeout, how long a source waits for a final answer. */
+const OUTCOME_MARGIN_MS = 5000;
+
 export interface MigrationRecordView {
   id: string;
   domain: string;
@@ -141,6 +157,8 @@ export class Host {
   /** Domains reserved for incoming migrations (memory held, thread starting), by name. */
   private readonly incoming = new Map<string, { bytes: number; domain: Promise<Domain> }>();
   private readonly migrations = new Map<string, MigrationRecordView>();
+  /** What became of recent incoming migrations, by `source host/domain` (see `askOutcome`). */
+  private readonly outcomes = new Map<string, IncomingOutcomeRecord>();
   private readonly shaper: EgressShaper;
   /** NMON-like: bytes leaving this host per interval and traffic class. */
   readonly sampler: LinkSampler;
@@ -467,6 +485,7 @@ export class Host {
             reader: link.reader,
             close: () => link.socket.destroy(),
             stallTimeoutMs: this.init.stallTimeoutMs ?? STALL_TIMEOUT_MS,
+            askOutcome: () => this.askOutcome(targetAddress, domain.identity.name),
           },
           {
             domain: {
@@ -537,18 +556,31 @@ export class Host {
       .then(async (link) => {
         if (link.purpose === 'linkTest') return serveLinkTest(link, () => this.clock.nowMs());
         if (link.purpose === 'frames') return this.frames?.adopt(link);
+        if (link.purpose === 'outcome') return this.serveOutcome(link);
         if (link.purpose !== 'migration') {
           socket.destroy();
           return;
         }
         const leftover = link.reader.release();
+        const key = (info: DomainInfo): string => `${link.peerHost}/${info.name}`;
         const result = await receiveMigration(
           socket,
           leftover,
           {
-            reserve: (info) => this.reserve(info),
-            activate: (info, guestState) => this.activate(info, guestState),
-            discard: (info) => this.discardIncoming(info),
+            reserve: (info) => {
+              this.recordOutcome(key(info), { state: 'receiving' });
+              return this.reserve(info);
+            },
+            activate: async (info, guestState, pageCrcDigest) => {
+              await this.activate(info, guestState);
+              this.recordOutcome(key(info), { state: 'resumed', pageCrcDigest });
+            },
+            discard: (info) => {
+              // Only a copy that never ran is discarded; a resumed domain stays.
+              if (info && this.outcomes.get(key(info))?.state === 'receiving')
+                this.recordOutcome(key(info), { state: 'discarded' });
+              this.discardIncoming(info);
+            },
           },
           { stallTimeoutMs: this.init.stallTimeoutMs },
         );
@@ -643,6 +675,67 @@ export class Host {
     const garp = { type: 'garp' as const, ip: ipToU32(ip), link: this.ownLink() };
     for (const link of new Set([...this.peerLinks, ...this.bridge.knownLinks()]))
       this.frames?.control(link, garp);
+  }
+
+  private recordOutcome(key: string, outcome: IncomingOutcomeRecord): void {
+    this.outcomes.delete(key);
+    this.outcomes.set(key, outcome);
+    // Bounded: a source asks within seconds of its migration; keep the latest few hundred.
+    if (this.outcomes.size > OUTCOMES_KEPT) {
+      this.outcomes.delete(this.outcomes.keys().next().value!);
+    }
+  }
+
+  /** Answers a source in doubt: what became of the domain it sent us? */
+  private async serveOutcome(link: AuthenticatedLink): Promise<void> {
+    try {
+      const question = await link.reader.next(OUTCOME_QUESTION_TIMEOUT_MS, 'outcome question');
+      const name = typeof question.domain === 'string' ? question.domain : '';
+      const outcome = this.outcomes.get(`${link.peerHost}/${name}`) ?? { state: 'unknown' };
+      link.socket.end(encodeControlMessage(outcome));
+    } catch {
+      link.socket.destroy();
+    }
+  }
+
+  /**
+   * The source's side: after the GuestState may have reached the target but its resumed notice
+   * did not come back, asks the target (on a new authenticated link) until it says 'resumed'
+   * or 'discarded'. A target still finishing ('receiving') is asked again; its own stall
+   * timeout bounds that. Rejects if the target cannot be reached (then the source resumes its
+   * copy: a dead target's copy died with it).
+   */
+  private async askOutcome(
+    target: { host: string; port: number },
+    name: string,
+  ): Promise<IncomingOutcome> {
+    const deadline =
+      this.clock.nowMs() + (this.init.stallTimeoutMs ?? STALL_TIMEOUT_MS) + OUTCOME_MARGIN_MS;
+    for (;;) {
+      const link = await connectToPeer(target, {
+        clusterKey: this.init.clusterKey,
+        localHost: this.name,
+        purpose: 'outcome',
+      });
+      try {
+        link.socket.write(encodeControlMessage({ domain: name }));
+        const answer = await link.reader.next(OUTCOME_QUESTION_TIMEOUT_MS, 'outcome');
+        this.log(`asked ${link.peerHost} what became of ${name}: ${String(answer.state)}`);
+        if (answer.state === 'resumed' && typeof answer.pageCrcDigest === 'string')
+          return { state: 'resumed', pageCrcDigest: answer.pageCrcDigest };
+        if (answer.state === 'discarded' || answer.state === 'unknown')
+          return { state: answer.state };
+      } finally {
+        link.socket.destroy();
+      }
+      if (this.clock.nowMs() > deadline) {
+        throw new HypervisorError(
+          'MIGRATION_IN_DOUBT',
+          `${name}: the target still reports the migration unfinished`,
+        );
+      }
+      await sleepMs(OUTCOME_RETRY_MS);
+    }
   }
 
   private discardIncoming(info: DomainInfo | null): void {

@@ -48,9 +48,12 @@ export const CONNECT_TIMEOUT_MS = 5000;
 /** 16 random bytes in lowercase hex. */
 const NONCE_PATTERN = /^[0-9a-f]{32}$/;
 
-/** migration: a pre-copy stream; frames: netback traffic; linkTest: a throughput test. */
-export type LinkPurpose = 'migration' | 'frames' | 'linkTest';
-const LINK_PURPOSES: readonly string[] = ['migration', 'frames', 'linkTest'];
+/**
+ * migration: a pre-copy stream; frames: netback traffic; linkTest: a throughput test; outcome:
+ * a source in doubt asks what became of a domain it sent (see `Host.askOutcome`).
+ */
+export type LinkPurpose = 'migration' | 'frames' | 'linkTest' | 'outcome';
+const LINK_PURPOSES: readonly string[] = ['migration', 'frames', 'linkTest', 'outcome'];
 
 export function encodeControlMessage(message: object): Buffer {
   const body = Buffer.from(JSON.stringify(message), 'utf8');

@@ -26,7 +26,8 @@ export interface IncomingMigrationHost {
   /** Reserves (and pre-touches) memory and starts the domain's thread; throws to refuse. */
   reserve(info: DomainInfo): Promise<GuestMemory>;
   /** Runs the reserved domain from its state; throws if it cannot run. */
-  activate(info: DomainInfo, guestState: Uint8Array): Promise<void>;
+  /** `pageCrcDigest` digests the pages as received: the host keeps it for `askOutcome`. */
+  activate(info: DomainInfo, guestState: Uint8Array, pageCrcDigest: string): Promise<void>;
   /** Drops a partial copy. */
   discard(info: DomainInfo | null): void;
 }
@@ -119,7 +120,7 @@ export async function receiveMigration(
         return;
       case 'end': {
         const digest = digestCrcTable(crcTable!);
-        await host.activate(info!, guestState!);
+        await host.activate(info!, guestState!, digest);
         done = true;
         // Wait until the notice is handed to the kernel: leaving the read loop destroys the socket.
         await new Promise<void>((resolve) =>

@@ -54,7 +54,18 @@ export interface SenderComponents {
   reader: ControlReader;
   /** Closes the link (on failure, so the target discards its copy). */
   close: () => void;
+  /**
+   * Asks the target, over a new link, what became of the domain once the GuestState may have
+   * reached it: 'resumed' (it runs there: the migration completed, its notice was lost) or
+   * 'discarded'. Rejects when the target cannot be asked.
+   */
+  askOutcome?: () => Promise<IncomingOutcome>;
 }
+
+/** What a target says became of an incoming domain (see `askOutcome`). */
+export type IncomingOutcome =
+  | { state: 'resumed'; pageCrcDigest: string }
+  | { state: 'discarded' | 'unknown' };
 
 export interface SenderInit {
   domain: MigratingDomain;
@@ -227,10 +238,19 @@ export async function sendMigration(
       finalPages,
       init.channelPages?.take(true) ?? [],
     );
-    await send(encodeGuestState(guestState));
-    await send(encodeEnd());
+    let resumed: Record<string, unknown>;
+    try {
+      await send(encodeGuestState(guestState));
+      await send(encodeEnd());
+      resumed = await reader.next(RESUME_TIMEOUT_MS, 'resumed notice');
+    } catch (error) {
+      // In doubt: the target may have the whole domain and have resumed it, with only its
+      // notice lost. Resuming here too would run the domain twice: ask the target first.
+      const outcome = await components.askOutcome?.().catch(() => null);
+      if (outcome?.state !== 'resumed') throw error;
+      resumed = { type: 'resumed', pageCrcDigest: outcome.pageCrcDigest };
+    }
     bytesOnWire += guestStateBytes;
-    const resumed = await reader.next(RESUME_TIMEOUT_MS, 'resumed notice');
     if (resumed.type !== 'resumed') throw fromTargetMessage(resumed, init.targetHost);
     const endMs = clock.nowMs();
     rounds.push(
