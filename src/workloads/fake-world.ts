@@ -3,8 +3,9 @@
  * `GuestMemory`, a timer list fired by hand and a shared manual clock, for unit tests of guest
  * programs (the streamer, netbench, and later the mail programs). Side a is the listening one.
  */
-import { type GuestFiles, NO_FILES } from '../guest/files.ts';
+
 import { createFakeNetPair, type FakeNet, type FakeNetPair } from '../guest/fake-net.ts';
+import { type GuestFiles, NO_FILES } from '../guest/files.ts';
 import type {
   GuestProgram,
   ProgramContext,
