@@ -468,6 +468,73 @@ describe('StreamConnection', () => {
     assert.equal(receiver.state.counters.duplicateBytesDropped, 0, 'nothing sent twice');
   });
 
+  it('takes back more than its send buffer holds after a channel: every byte once, in order, across faults and a migration', () => {
+    // A channel's FIFO may be larger than the send buffer: at tear-down the sender takes back
+    // what the receiver never read, the send buffer holds what fits, `sendOverflow` the rest.
+    fc.assert(
+      fc.property(
+        fc.record({
+          seed: fc.integer({ min: 0, max: 2 ** 31 }),
+          bufferBytes: fc.constantFrom(4096, 16384, 65536),
+          channelBytes: fc.integer({ min: 1, max: 600_000 }),
+          readShare: fc.double({ min: 0, max: 1, noNaN: true }),
+          laterBytes: fc.integer({ min: 0, max: 100_000 }),
+          lossRate: fc.constantFrom(0, 0.05),
+          migrateAtStep: fc.option(fc.integer({ min: 0, max: 60 }), { nil: null }),
+        }),
+        (p) => {
+          const random = new Random(p.seed);
+          const faults = { lossRate: p.lossRate, duplicateRate: p.lossRate, delayRate: 0.1 };
+          const pair = new Pair({
+            bufferBytes: p.bufferBytes,
+            faults,
+            random,
+            maxFramesPerStep: 16,
+          });
+          for (let i = 0; i < 10_000 && !(pair.conns[1]?.connected && pair.idle); i++)
+            pair.runStep();
+          const data = new Uint8Array(p.channelBytes + p.laterBytes);
+          new Random(p.seed + 1).fill(data);
+          const received: Uint8Array[] = [];
+          // The channel carries channelBytes; the receiver's program reads readBytes of them.
+          const readBytes = Math.floor(p.readShare * p.channelBytes);
+          pair.conn(0).sentByCarrier(p.channelBytes);
+          pair.conn(1).receivedByCarrier(readBytes);
+          received.push(data.subarray(0, readBytes));
+          // Tear-down: the rest comes back to the sender, more than its buffer may hold.
+          pair.conn(0).reclaim(readBytes, data.slice(readBytes, p.channelBytes));
+          const overflow = p.channelBytes - readBytes - p.bufferBytes;
+          assert.equal(
+            pair.conn(0).state.sendOverflow?.byteLength ?? 0,
+            Math.max(0, overflow),
+            'what does not fit waits in sendOverflow',
+          );
+          if (overflow > 0) assert.equal(pair.conn(0).writableBytes, 0, 'no writes meanwhile');
+          let written = p.channelBytes;
+          let ended = false;
+          for (let step = 0; step < STEP_LIMIT && !pair.conn(1).eof; step++) {
+            if (step === p.migrateAtStep) pair.migrate(0);
+            const sender = pair.conn(0);
+            if (written < data.byteLength) written += sender.write(data.subarray(written));
+            if (written === data.byteLength && !ended) {
+              sender.end();
+              ended = true;
+            }
+            received.push(pair.conn(1).read(1 + random.nextInt(40_000)));
+            pair.runStep();
+          }
+          assert.ok(pair.conn(1).eof, `the receiver reached the end: ${report(pair)}`);
+          assert.equal(pair.conn(0).state.sendOverflow, null, 'everything taken back was sent');
+          assert.ok(
+            Buffer.concat(received).equals(Buffer.from(data)),
+            'the receiver got every byte once, in order',
+          );
+        },
+      ),
+      { seed: 4242, numRuns: 60 },
+    );
+  });
+
   it('dirties both domains: sockbuf through the socket buffers, kernel through the rings', () => {
     const pair = new Pair({
       bufferBytes: 256 * 1024,

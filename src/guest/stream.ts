@@ -127,6 +127,14 @@ export interface StreamState {
   sendWritten: number;
   /** Offset of our FIN (= `sendWritten` at `end()`), or null while the program may write. */
   sendFinOffset: number | null;
+  /**
+   * Bytes a carrier took back (`reclaim`) that did not fit the send buffer: the last
+   * `byteLength` bytes before `sendWritten`, in order. They move into the send buffer as
+   * acknowledgements free it; meanwhile the program cannot write. Null when empty (always,
+   * unless a channel larger than the send buffer was torn down). Plain data: it travels in the
+   * GuestState, where a kernel's own memory would carry it.
+   */
+  sendOverflow: Uint8Array | null;
   /** The peer has receive space for offsets below this. */
   peerWindowEnd: number;
   /** Accepted into the receive buffer below this offset (+1 once the FIN is accepted). */
@@ -246,6 +254,7 @@ export class StreamConnection {
   static restore(memory: GuestMemory, state: StreamState): StreamConnection {
     assert(state.sendAcked <= state.sendNext && state.sendNext <= state.sendHighest, 'send');
     assert(state.receiveRead <= state.receiveNext, 'receive offsets');
+    state.sendOverflow ??= null; // a state saved before the field existed
     return new StreamConnection(memory, state);
   }
 
@@ -266,12 +275,13 @@ export class StreamConnection {
     return this.readableBytes > 0;
   }
 
-  /** Free bytes in the send buffer (0 after `end`, reset or close). */
+  /** Free bytes in the send buffer (0 after `end`, reset or close, or while reclaimed bytes wait). */
   get writableBytes(): number {
     const state = this.state;
     if (state.phase === 'reset' || state.phase === 'closed' || state.sendFinOffset !== null) {
       return 0;
     }
+    if (state.sendOverflow !== null) return 0;
     const ackedData = Math.min(state.sendAcked, state.sendWritten);
     return state.sendBuffer.capacityBytes - (state.sendWritten - ackedData);
   }
@@ -454,6 +464,7 @@ export class StreamConnection {
     if (state.phase === 'reset') return;
     assert(offset <= state.sendHighest, `rewind to ${offset} beyond ${state.sendHighest} sent`);
     if (offset > state.sendAcked) state.sendAcked = offset;
+    if (state.sendOverflow !== null) this.refillFromOverflow();
     state.sendNext = Math.max(state.sendAcked, Math.min(offset, state.sendNext));
     state.ackOwed = true;
     state.probeOwed = true;
@@ -462,11 +473,14 @@ export class StreamConnection {
 
   // ---- carrier-neutral primitives -----------------------------------------------------------
 
-  /** Bytes between `sendNext` and min(`sendWritten`, peer window end), and whether FIN is due. */
+  /**
+   * Bytes between `sendNext` and min(end of the send buffer's bytes, peer window end), and
+   * whether FIN is due.
+   */
   sendableRange(): SendableRange {
     const state = this.state;
     const sending = state.phase === 'established' || state.phase === 'finWait';
-    const end = Math.min(state.sendWritten, state.peerWindowEnd);
+    const end = Math.min(bufferedEnd(state), state.peerWindowEnd);
     const length = sending ? Math.max(0, end - state.sendNext) : 0;
     const finDue = sending && state.sendFinOffset === state.sendNext;
     return { offset: state.sendNext, length, finDue };
@@ -475,7 +489,7 @@ export class StreamConnection {
   /** Copies unacknowledged bytes `[offset, offset + length)` out of the send buffer. */
   readSendBuffer(offset: number, length: number, target?: Uint8Array): Uint8Array {
     const state = this.state;
-    assert(offset >= state.sendAcked && offset + length <= state.sendWritten, 'not in buffer');
+    assert(offset >= state.sendAcked && offset + length <= bufferedEnd(state), 'not in buffer');
     return this.sendBuffer.readAt(offset, length, target);
   }
 
@@ -566,6 +580,7 @@ export class StreamConnection {
       state.sendNext = Math.max(state.sendNext, ackOffset);
       state.retransmitTimeoutMs = RETRANSMIT_TIMEOUT_MS_MIN;
       state.retransmitDeadlineMs = null;
+      if (state.sendOverflow !== null) this.refillFromOverflow();
       updatePhase(state);
     }
   }
@@ -623,16 +638,18 @@ export class StreamConnection {
   /**
    * Sender, when a channel is torn down: `bytes` were written at `fromOffset` (up to
    * `sendWritten`) but never read by the receiver. They go back into the send buffer, and
-   * netfront resends from `fromOffset` (go-back-N).
+   * netfront resends from `fromOffset` (go-back-N). What does not fit the send buffer (a
+   * channel's FIFO may be larger) waits in `sendOverflow` and follows as acknowledgements
+   * free the buffer; the program writes again once all of it is in.
    */
   reclaim(fromOffset: number, bytes: Uint8Array): void {
     const state = this.state;
     assert.equal(fromOffset + bytes.byteLength, state.sendWritten, 'reclaim ends at sendWritten');
-    assert(
-      bytes.byteLength <= state.sendBuffer.capacityBytes,
-      'reclaimed bytes fit the send buffer',
-    );
-    if (bytes.byteLength > 0) this.sendBuffer.writeAt(fromOffset, bytes);
+    assert.equal(state.sendOverflow, null, 'no reclaimed bytes still waiting');
+    const fits = Math.min(bytes.byteLength, state.sendBuffer.capacityBytes);
+    if (fits > 0) this.sendBuffer.writeAt(fromOffset, bytes.subarray(0, fits));
+    // A copy, not a view: the state must hold only these bytes, whatever `bytes` views.
+    if (fits < bytes.byteLength) state.sendOverflow = bytes.slice(fits);
     state.sendAcked = Math.min(state.sendAcked, fromOffset);
     state.sendNext = fromOffset;
     state.retransmitDeadlineMs = null;
@@ -642,6 +659,25 @@ export class StreamConnection {
   }
 
   // ---- internals ----------------------------------------------------------------------------
+
+  /**
+   * Moves reclaimed bytes from `sendOverflow` into the send buffer, as far as acknowledged
+   * bytes left room (the buffer holds `[sendAcked, bufferedEnd)`).
+   */
+  private refillFromOverflow(): void {
+    const state = this.state;
+    const overflow = state.sendOverflow;
+    if (overflow === null) return;
+    const end = bufferedEnd(state);
+    // An acknowledgement never covers bytes netfront has not sent; skip them if one did.
+    const skip = Math.min(overflow.byteLength, Math.max(0, state.sendAcked - end));
+    const room = state.sendBuffer.capacityBytes - Math.max(0, end - state.sendAcked);
+    const count = Math.min(overflow.byteLength - skip, room);
+    if (count > 0) this.sendBuffer.writeAt(end + skip, overflow.subarray(skip, skip + count));
+    const moved = skip + count;
+    if (moved === 0) return;
+    state.sendOverflow = moved === overflow.byteLength ? null : overflow.slice(moved);
+  }
 
   private dispatch(frame: Frame): void {
     const state = this.state;
@@ -753,7 +789,7 @@ export class StreamConnection {
     }
     const sentData = frames.length > firstData;
     if (sentData) state.probeOwed = false;
-    if (state.probeOwed && frames.length < maxFrames && state.sendNext < state.sendWritten) {
+    if (state.probeOwed && frames.length < maxFrames && state.sendNext < bufferedEnd(state)) {
       // The window looks closed but the timer expired: one byte past it makes the receiver
       // answer with its real window (TCP's zero-window probe).
       const payload = this.sendBuffer.peekAt(state.sendNext, 1);
@@ -813,6 +849,7 @@ function initialState(
     sendHighest: 0,
     sendWritten: 0,
     sendFinOffset: null,
+    sendOverflow: null,
     peerWindowEnd: 0,
     receiveNext: 0,
     receiveRead: 0,
@@ -842,6 +879,11 @@ function initialState(
 /** Offset just past everything the sender must deliver: the FIN's unit once ended. */
 function sendEnd(state: StreamState): number {
   return state.sendFinOffset === null ? state.sendWritten : state.sendFinOffset + 1;
+}
+
+/** Offset just past the bytes in the send buffer: `sendWritten` less any `sendOverflow`. */
+function bufferedEnd(state: StreamState): number {
+  return state.sendWritten - (state.sendOverflow?.byteLength ?? 0);
 }
 
 /** Offset just past the received data bytes (the FIN's unit excluded). */

@@ -269,6 +269,38 @@ if (!isMainThread && workerData?.role !== undefined) {
       assert.throws(() => sender.peekRange(5027, 2), /outside unread/, 'peek before reads');
     });
 
+    it('lets the receiver drain what a departed sender never took back, and only that', () => {
+      const placement = placementOf(64);
+      const sender = SharedFifo.create(placement, { baseOffset: 100 });
+      const receiver = SharedFifo.attach(placement);
+      const stream = bytesOf(50, 3);
+      assert.equal(sender.tryWrite(stream), 50, 'written');
+      assert.equal(receiver.tryRead(20).length, 20, 'receiver reads 20');
+      sender.beginClose();
+      assert.equal(receiver.acknowledgeClose(), 120, 'final read offset');
+      assert.ok(receiver.closed && !receiver.takenBack, 'closed, nothing taken back yet');
+      // The sender left without taking back: the receiver reads the rest after all.
+      receiver.resumeDrain();
+      assert.equal(receiver.state, 'closing', 'closed -> closing');
+      assert.deepEqual(receiver.tryRead(64), stream.subarray(20), 'the 30 unread bytes');
+      assert.equal(receiver.pendingBytes, 0, 'drained');
+      // A sender that took back: the receiver sees it (the module then never drains); and
+      // resumeDrain changes only a closed FIFO.
+      const other = placementOf(64);
+      const sender2 = SharedFifo.create(other, { baseOffset: 0 });
+      const receiver2 = SharedFifo.attach(other);
+      assert.equal(sender2.tryWrite(stream), 50, 'written');
+      sender2.beginClose();
+      receiver2.acknowledgeClose();
+      sender2.markTakenBack();
+      assert.ok(receiver2.takenBack, 'the receiver sees the take-back');
+      receiver2.resumeDrain();
+      assert.equal(receiver2.state, 'closing', 'resumeDrain reopens a closed FIFO');
+      const open = SharedFifo.create(placementOf(16), { baseOffset: 0 });
+      open.resumeDrain();
+      assert.equal(open.state, 'open', 'resumeDrain leaves an open FIFO alone');
+    });
+
     it('returns from blocking calls when the timeout passes', () => {
       const placement = placementOf(16);
       const fifo = SharedFifo.create(placement, { baseOffset: 0, spinMicros: 0 });

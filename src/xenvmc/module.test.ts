@@ -17,10 +17,12 @@ import { GuestMemory } from '../memory/guest-memory.ts';
 import { defaultLayout } from '../memory/layout.ts';
 import { ipToU32 } from '../net/frame.ts';
 import { NetfrontRing } from '../net/netfront-ring.ts';
-import { XenvmcModule, type XenvmcState } from './module.ts';
+import { CHANNEL_READ_BURST_BYTES, XenvmcModule, type XenvmcState } from './module.ts';
 import type { PeerRecord, XenvmcCall, XenvmcMode, XenvmcReply } from './protocol.ts';
 
 const PORT = 25;
+/** Steps without a byte written or read after which `exchange` gives up (and fails). */
+const STALL_STEPS_MAX = 3000;
 
 interface Guest extends TestEndpoint {
   domId: number;
@@ -57,9 +59,17 @@ class World {
   nowMs = 0;
   readonly guests: Guest[] = [];
   readonly queue: (() => void)[] = [];
+  /** Live grants; freed, as Dom0's grant table does, once the granter released it and the
+   *  grantee holds no mapping (a refused offer's region is never mapped). */
   grants = new Map<
     number,
-    { region: SharedArrayBuffer; granter: number; grantee: number; released: Set<number> }
+    {
+      region: SharedArrayBuffer;
+      granter: number;
+      grantee: number;
+      mapped: boolean;
+      released: boolean;
+    }
   >();
   ports = new Map<number, { owner: number; peer: number; ends: [FakePort, FakePort] }>();
   nextRef = 1;
@@ -168,7 +178,8 @@ class World {
           region,
           granter: guest.domId,
           grantee: peer.domId,
-          released: new Set(),
+          mapped: false,
+          released: false,
         });
         return this.reply(guest, { type: 'xenvmcReply', id: call.id, ok: true, grantRef, region });
       }
@@ -176,6 +187,7 @@ class World {
         const grant = this.grants.get(call.grantRef);
         if (!grant || grant.grantee !== guest.domId)
           return fail('XENVMC_NOT_GRANTED', 'not granted');
+        grant.mapped = true;
         return this.reply(guest, {
           type: 'xenvmcReply',
           id: call.id,
@@ -185,9 +197,9 @@ class World {
       }
       case 'release': {
         const grant = this.grants.get(call.grantRef);
-        grant?.released.add(guest.domId);
-        if (grant?.released.has(grant.granter) && grant.released.has(grant.grantee))
-          this.grants.delete(call.grantRef);
+        if (grant?.granter === guest.domId) grant.released = true;
+        if (grant?.grantee === guest.domId) grant.mapped = false;
+        if (grant?.released && !grant.mapped) this.grants.delete(call.grantRef);
         return this.reply(guest, { type: 'xenvmcReply', id: call.id, ok: true });
       }
       case 'evtchnAlloc': {
@@ -263,6 +275,8 @@ function exchange(
     chunk: number;
     tenantB?: string;
     steps?: (world: World, step: number, run: Run) => void;
+    /** Whether a guest's program (and its stack) skips this step: a busy or slow reader. */
+    stalled?: (step: number, guest: Guest) => boolean;
   },
 ): Run {
   const world = new World(mode);
@@ -272,11 +286,22 @@ function exchange(
   b.net.listen(PORT);
   a.socket = a.net.connect('10.77.0.2', PORT);
   const run = { a, b, world };
-  for (let step = 0; step < 30_000; step++) {
+  // A run that stops making progress fails at once: one left to spin for 30 000 steps keeps
+  // offering channels the peer refuses, and this test's Dom0 keeps every refused grant.
+  let progress = -1;
+  let progressStep = 0;
+  for (let step = 0; step < 30_000 && step - progressStep < STALL_STEPS_MAX; step++) {
+    const moved = a.sent + b.sent + a.received + b.received;
+    if (moved !== progress) {
+      progress = moved;
+      progressStep = step;
+    }
     world.nowMs += 1;
     options.steps?.(world, step, run);
-    runTestProgram(a, { chunkBytes: options.chunk, readBytes: 65536, writesMax: 16 });
-    runTestProgram(b, { chunkBytes: options.chunk, readBytes: 65536, writesMax: 16 });
+    for (const guest of [a, b]) {
+      if (options.stalled?.(step, guest)) continue;
+      runTestProgram(guest, { chunkBytes: options.chunk, readBytes: 65536, writesMax: 16 });
+    }
     world.switchFrames();
     world.runQueue();
     if (a.ended && b.ended && a.peerEnded && b.peerEnded) break;
@@ -319,6 +344,8 @@ interface MigrationScenario {
   who: number;
   downtimeSteps: number;
   precopySteps: number;
+  /** b's program stalls this many steps up to the migration's start (and 2 after): its FIFO fills. */
+  stallSteps?: number;
 }
 
 function migrationScenario({
@@ -330,12 +357,14 @@ function migrationScenario({
   who,
   downtimeSteps,
   precopySteps,
-}: MigrationScenario): void {
+  stallSteps = 0,
+}: MigrationScenario): Run {
   let resumeAt = -1;
-  exchange(mode, {
+  return exchange(mode, {
     bytesA,
     bytesB,
     chunk,
+    stalled: (step, guest) => guest.name === 'b' && step >= at - stallSteps && step < at + 2,
     steps: (world, step, run) => {
       const moving = who === 0 ? run.a : run.b;
       if (step === at) {
@@ -423,7 +452,9 @@ describe('XENVMC module', () => {
           downtimeSteps: fc.integer({ min: 0, max: 20 }),
           precopySteps: fc.integer({ min: 0, max: 12 }),
         }),
-        migrationScenario,
+        (scenario) => {
+          migrationScenario(scenario);
+        },
       ),
       {
         seed: 20261125,
@@ -434,7 +465,83 @@ describe('XENVMC module', () => {
   });
 });
 
+describe('XENVMC module, a reader kept busy', () => {
+  it("ends the program's read loop after a burst even while the writer keeps the FIFO full", () => {
+    const world = new World('advance');
+    const a = world.add('a', 1, '10.77.0.1', 0);
+    const b = world.add('b', 2, '10.77.0.2', 0);
+    world.publish('snapshot', null);
+    b.net.listen(PORT);
+    const socketA = a.net.connect('10.77.0.2', PORT);
+    let socketB: number | null = null;
+    const chunk = new Uint8Array(65536).fill(5);
+    // Until a's direction is on the channel (its first write after the channel is ready).
+    for (let step = 0; step < 200 && a.net.info(socketA).carrier !== 'xenvmc'; step++) {
+      world.nowMs += 1;
+      for (const guest of [a, b]) guest.stack.poll();
+      for (const event of b.events.splice(0)) if (event.type === 'accepted') socketB = event.socket;
+      if (socketB !== null) while (b.net.read(socketB, 1 << 20).byteLength > 0);
+      a.events.length = 0;
+      a.net.write(socketA, chunk.subarray(0, 1));
+      world.switchFrames();
+      world.runQueue();
+    }
+    assert.equal(a.net.info(socketA).carrier, 'xenvmc', 'the channel carries a -> b');
+    assert.ok(socketB !== null, 'b accepted');
+    // A writer on "another CPU": it refills the FIFO between any two of b's reads.
+    const fill = (): void => {
+      while (a.net.write(socketA, chunk) === chunk.byteLength);
+    };
+    fill();
+    let burst = 0;
+    for (;;) {
+      const bytes = b.net.read(socketB, 256 * 1024);
+      if (bytes.byteLength === 0) break;
+      burst += bytes.byteLength;
+      assert.ok(burst <= CHANNEL_READ_BURST_BYTES + 256 * 1024, `no end after ${burst} B`);
+      fill();
+    }
+    assert.ok(burst >= CHANNEL_READ_BURST_BYTES, `the loop ended after ${burst} B only`);
+    // The bytes were still there: the next loop (after the next readable) reads on.
+    assert.ok(b.net.read(socketB, 256 * 1024).byteLength > 0, 'the next loop reads on');
+  });
+});
+
+describe('XENVMC module, channel larger than the socket buffers', () => {
+  it('takes back a FIFO fuller than the send buffer (cancel and finish_mig): every byte once', () => {
+    let overflowRuns = 0;
+    fc.assert(
+      fc.property(
+        fc.record({
+          mode: fc.constantFrom<XenvmcMode>('xenvmc', 'xenvmc-suspend', 'advance'),
+          bytesA: fc.integer({ min: 4_000_000, max: 8_000_000 }),
+          bytesB: fc.integer({ min: 0, max: 500_000 }),
+          chunk: fc.constantFrom(65536, 300_000),
+          // The channel is up from about step 7; a writes up to 1 MiB a step.
+          at: fc.integer({ min: 7, max: 14 }),
+          who: fc.constantFrom(0, 1),
+          downtimeSteps: fc.integer({ min: 0, max: 20 }),
+          precopySteps: fc.integer({ min: 0, max: 12 }),
+          stallSteps: fc.integer({ min: 2, max: 6 }),
+        }),
+        (scenario) => {
+          const { a } = migrationScenario(scenario);
+          const sendBuffer = a.stack.state.bufferBytes;
+          if (a.xenvmc.state.counters.reclaimedBytes > sendBuffer) overflowRuns++;
+        },
+      ),
+      {
+        seed: 20261126,
+        numRuns: 30,
+        ...(process.env.XENVMC_PATH ? { path: process.env.XENVMC_PATH } : {}),
+      },
+    );
+    assert.ok(overflowRuns >= 5, `only ${overflowRuns} runs took back more than a send buffer`);
+  });
+});
+
 if (process.env.XENVMC_CASE) {
-  it('replays XENVMC_CASE', () =>
-    migrationScenario(JSON.parse(process.env.XENVMC_CASE!) as MigrationScenario));
+  it('replays XENVMC_CASE', () => {
+    migrationScenario(JSON.parse(process.env.XENVMC_CASE!) as MigrationScenario);
+  });
 }

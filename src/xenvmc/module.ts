@@ -21,8 +21,11 @@
  * Exactly-once (principle 2): a channel direction starts only when nothing is in flight on
  * netfront (its base is the sender's written offset); at tear-down the reader stops and its
  * consumed offset is final, and the sender takes back what was never read and resends it over
- * netfront from that offset. In Advance mode the peer that stays behind does the same once
- * its partner is gone: it drains what the departed domain wrote, and takes back what the
+ * netfront from that offset (more than its send buffer holds waits in the stream's
+ * `sendOverflow`). The reader keeps the region until the sender marked those bytes taken
+ * back: a sender paused and migrated before it could leaves them to the reader, which then
+ * delivers them itself. In Advance mode the peer that stays behind does the same once its
+ * partner is gone: it drains what the departed domain wrote, and takes back what the
  * departed domain never read.
  *
  * State: the `XenvmcState` is plain data and travels in the GuestState; the shared regions,
@@ -48,17 +51,29 @@ import type {
 } from './protocol.ts';
 
 /**
- * Data bytes per direction, at most: XenLoop used 64 KiB, XenVMC's release 512 KiB. A channel
- * uses the largest power of two that also fits both ends' send buffers, so that whatever a
- * tear-down takes back always fits in the sender's socket buffer.
+ * Data bytes per direction (a power of two): XenLoop used 64 KiB, XenVMC's release 512 KiB.
+ * The FIFO sets how much moves per wake-up of the peer, and a wake-up is dear here: 13 us of
+ * CPU on each side on a quiet machine and 25 us on a busy one (MessagePort ping-pong between
+ * two workers), plus the kernel's poll, plus on a busy machine a wait for a turn on the CPU.
+ * 64 KiB writes between two domains moved 1.45x as many bytes/s through 1 MiB as through
+ * 256 KiB, with a third less CPU per byte (medians of 5, interleaved), and 1.4x through
+ * 4 MiB: 1 MiB takes most of it for 2 MiB of shared memory per channel. It may exceed the
+ * socket buffers: what a tear-down takes back beyond the sender's send buffer waits in the
+ * stream (`StreamState.sendOverflow`).
  */
-export const CHANNEL_FIFO_BYTES_MAX = 256 * 1024;
+export const CHANNEL_FIFO_BYTES_MAX = 1024 * 1024;
 
-/** The FIFO size a stream's buffers allow (a power of two, at most the maximum). */
-function fifoBytesFor(stream: StreamConnection): number {
-  const limit = Math.min(CHANNEL_FIFO_BYTES_MAX, stream.state.sendBuffer.capacityBytes);
-  return 2 ** Math.floor(Math.log2(limit));
-}
+/** Smallest FIFO an accepter takes. */
+const CHANNEL_FIFO_BYTES_MIN = 4096;
+
+/**
+ * Most bytes the program gets from a channel before one read comes back empty, as a program's
+ * own write budget per event (NETBENCH_SEND_BYTES_PER_EVENT_MAX). A program reads until a read
+ * is empty, and a writer on the other CPU can keep a FIFO from ever emptying: a sink was
+ * seen never to leave its first read loop during a whole 1 GiB transfer, with Dom0's
+ * messages (a pause request among them) waiting behind it.
+ */
+export const CHANNEL_READ_BURST_BYTES = 4 * 1024 * 1024;
 /** XENVMC events kept for the statistics (bounded). */
 const EVENT_LOG_MAX = 256;
 
@@ -124,6 +139,8 @@ interface Runtime {
   out: SharedFifo | null;
   in: SharedFifo | null;
   endpoint: MessagePort | null;
+  /** Bytes handed to the program since a read last came back empty. */
+  burstBytes: number;
 }
 
 type CallBody = XenvmcCall extends infer C
@@ -320,7 +337,15 @@ export class XenvmcModule implements CarrierModule {
     const connection = this.connectionOf(carried);
     const fifo = connection ? this.incoming(connection, carried.stream) : null;
     if (!connection || !fifo || connection.receiveDone) return EMPTY;
+    const runtime = this.runtime.get(connection.keyText)!; // incoming() found it
+    if (runtime.burstBytes >= CHANNEL_READ_BURST_BYTES) {
+      // One empty read ends the program's read-until-empty loop; the bytes still pending make
+      // the next poll say readable again, after the kernel let Dom0 have its turn.
+      runtime.burstBytes = 0;
+      return EMPTY;
+    }
     const bytes = fifo.tryRead(maxBytes);
+    runtime.burstBytes = bytes.byteLength === 0 ? 0 : runtime.burstBytes + bytes.byteLength;
     if (bytes.byteLength > 0) {
       carried.stream.receivedByCarrier(bytes.byteLength);
       connection.bytesReceived += bytes.byteLength;
@@ -328,7 +353,7 @@ export class XenvmcModule implements CarrierModule {
       // Wake a writer that found the FIFO full only once half of it is free again (the
       // program reads until empty, so this always comes): fewer wake-ups, longer batches.
       if (fifo.pendingBytes <= connection.fifoBytes / 2 && fifo.takeSenderWaiting()) {
-        this.runtime.get(connection.keyText)?.endpoint?.postMessage(0);
+        runtime.endpoint?.postMessage(0);
       }
     }
     return bytes;
@@ -410,7 +435,7 @@ export class XenvmcModule implements CarrierModule {
       accepterPort: s.remotePort,
       nonce: s.nonce,
     };
-    const fifoBytes = fifoBytesFor(carried.stream);
+    const fifoBytes = CHANNEL_FIFO_BYTES_MAX;
     const connection = this.newConnection(key, carried.socket, peer, 'offerer', fifoBytes);
     const bytes = 2 * fifoStride(fifoBytes);
     this.call({ op: 'grant', peerDomId: peer.domId, bytes }, (grant) => {
@@ -422,6 +447,7 @@ export class XenvmcModule implements CarrierModule {
         out: null,
         in: null,
         endpoint: null,
+        burstBytes: 0,
       });
       this.call({ op: 'evtchnAlloc', peerDomId: peer.domId }, (evtchn) => {
         if (!evtchn.ok || !evtchn.endpoint || evtchn.port === undefined)
@@ -488,9 +514,16 @@ export class XenvmcModule implements CarrierModule {
       );
     })?.socket;
     if (socket === undefined) return refuse('no such stream');
-    const stream = this.lastStreams.find((c) => c.socket === socket)!.stream;
-    if (offer.fifoBytes > fifoBytesFor(stream) || offer.fifoBytes < 4096) {
-      return refuse(`a FIFO of ${offer.fifoBytes} B does not fit our socket buffers`);
+    const size = offer.fifoBytes;
+    if (
+      !Number.isInteger(size) ||
+      size < CHANNEL_FIFO_BYTES_MIN ||
+      size > CHANNEL_FIFO_BYTES_MAX ||
+      (size & (size - 1)) !== 0
+    ) {
+      return refuse(
+        `a FIFO of ${size} B is not a power of two in [${CHANNEL_FIFO_BYTES_MIN}, ${CHANNEL_FIFO_BYTES_MAX}] B`,
+      );
     }
     const connection = this.newConnection(key, socket, peer, 'accepter', offer.fifoBytes);
     this.call({ op: 'map', granterDomId: fromDomId, grantRef: offer.grantRef }, (mapped) => {
@@ -504,6 +537,7 @@ export class XenvmcModule implements CarrierModule {
         out: null,
         in: null,
         endpoint: null,
+        burstBytes: 0,
       });
       this.call({ op: 'evtchnBind', peerDomId: fromDomId, port: offer.port }, (bound) => {
         if (!bound.ok || !bound.endpoint) {
@@ -569,18 +603,26 @@ export class XenvmcModule implements CarrierModule {
       return;
     }
     const departed = connection.phase === 'finishing';
-    // Our incoming direction. Cancel: stop reading now, our consumed offset is final.
-    // finish_mig after the peer left: drain first (the writer is gone, it only shrinks).
+    // Our incoming direction. Cancel: stop reading now, our consumed offset is final; we are
+    // done once the writer took back what we never read. finish_mig after the peer left:
+    // drain first (the writer is gone, it only shrinks), and that includes what a cancelled
+    // writer left behind without taking it back (it paused before it could).
     const incoming = this.incoming(connection, stream, true);
     if (!connection.receiveDone) {
       if (!incoming) connection.receiveDone = true;
-      else if (!departed) {
+      else if (departed) {
+        if (incoming.state === 'closed' && !incoming.takenBack) incoming.resumeDrain();
+        if (incoming.state === 'closed' || incoming.pendingBytes === 0)
+          connection.receiveDone = true;
+      } else {
         if (incoming.state === 'open') incoming.beginClose();
-        if (incoming.state === 'closing') incoming.acknowledgeClose();
-        connection.receiveDone = true;
-        // The writer waits for this to take back what we never read: wake it.
-        runtime.endpoint?.postMessage(0);
-      } else if (incoming.pendingBytes === 0) connection.receiveDone = true;
+        if (incoming.state === 'closing') {
+          incoming.acknowledgeClose();
+          // The writer waits for this to take back what we never read: wake it.
+          runtime.endpoint?.postMessage(0);
+        }
+        if (incoming.takenBack || incoming.pendingBytes === 0) connection.receiveDone = true;
+      }
     }
     // Our outgoing direction: once the reader's consumed offset is final, take back the rest.
     if (!connection.reclaimed) {
@@ -589,7 +631,10 @@ export class XenvmcModule implements CarrierModule {
       else if (departed || out.state === 'closed') {
         const from = out.readOffset;
         const leftover = out.peekRange(from, out.writeOffset - from);
+        out.markTakenBack();
         stream.reclaim(from, leftover);
+        // The reader holds on to the region until it sees this: tell it.
+        runtime.endpoint?.postMessage(0);
         connection.reclaimed = true;
         this.state.counters.reclaimedBytes += leftover.byteLength;
         if (departed) this.state.counters.finishMigBytes += leftover.byteLength;
@@ -688,6 +733,8 @@ export class XenvmcModule implements CarrierModule {
     }
     if (anyOffset) return runtime.in;
     const fifo = runtime.in;
+    // Closed: we acknowledged a cancel and read no more (unless finish_mig drains it again).
+    if (fifo.closed) return null;
     return stream.receiveQuiescent && stream.state.receiveNext === fifo.readOffset ? fifo : null;
   }
 
