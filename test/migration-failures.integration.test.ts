@@ -64,7 +64,7 @@ describe('a failed migration', () => {
       try {
         const record = await migrateAndWait(h1, 'vm', proxy.address);
         assert.equal(record.status, 'failed');
-        assert.ok(proxy.faultFired, 'the fault was injected');
+        assert.ok(proxy.faultFired, `the fault was injected (${JSON.stringify(record.error)})`);
         assert.match(`${record.error!.code} ${record.error!.message}`, cause);
         assert.match(record.error!.message, /keeps running on h1/);
         await new Promise((resolve) => setTimeout(resolve, fault.kind === 'stall' ? 2000 : 300));
@@ -135,7 +135,7 @@ describe('a failed migration', () => {
     });
     try {
       const record = await migrateAndWait(h2, 'vm', proxy.address);
-      assert.ok(proxy.faultFired, 'the notice was cut off');
+      assert.ok(proxy.faultFired, `the notice was cut off (${JSON.stringify(record.error)})`);
       assert.equal(record.status, 'completed', JSON.stringify(record.error));
       assert.equal(record.stats!.memoryVerified, true, 'the digest came with the answer');
       assert.equal(await domainStatus(h1, 'vm'), 'running', 'the domain runs on the target');
