@@ -21,7 +21,8 @@ describe('a failed migration', () => {
     cluster = await LocalCluster.start({
       hostNames: ['h1', 'h2', 'small', 'victim'],
       link: '200mbit',
-      stallTimeout: '1500ms',
+      // Above the target's reservation time (thread boot + pre-touch) even on a loaded machine.
+      stallTimeout: '3s',
       hostArgs: { small: ['--memory-limit', '16MiB'] },
     });
     h1 = cluster.host('h1');
@@ -67,7 +68,7 @@ describe('a failed migration', () => {
         assert.ok(proxy.faultFired, `the fault was injected (${JSON.stringify(record.error)})`);
         assert.match(`${record.error!.code} ${record.error!.message}`, cause);
         assert.match(record.error!.message, /keeps running on h1/);
-        await new Promise((resolve) => setTimeout(resolve, fault.kind === 'stall' ? 2000 : 300));
+        await new Promise((resolve) => setTimeout(resolve, fault.kind === 'stall' ? 4000 : 300));
         await assertRunsOnSourceOnly(h2);
       } finally {
         await proxy.close();
