@@ -34,12 +34,14 @@
  * Non-goals: verifying the bytes (the streamer does that with digests; hashing here would cost
  * guest time the benchmark means to spend on the path), more than one connection, pacing.
  */
+
 import assert from 'node:assert/strict';
 import { InputError } from '../core/errors.ts';
 import { PAGE_SIZE_BYTES } from '../core/units.ts';
 import type { GuestProgram, ProgramContext, ProgramFactory } from '../guest/program.ts';
 import type { GuestNet, SocketEvent, SocketId } from '../guest/socket-api.ts';
 import type { Region } from '../memory/layout.ts';
+import { checkInteger, IPV4 } from './params.ts';
 import {
   acceptOne,
   callSocket,
@@ -232,16 +234,6 @@ const ROLE_PARAM_NAMES: Record<NetbenchRole, readonly string[]> = {
   source: ['role', 'port', 'peerIp', 'bytes', 'messageBytes', 'connectTriesMax'],
   ping: ['role', 'port', 'peerIp', 'messageBytes', 'rounds', 'warmupRounds', 'connectTriesMax'],
 };
-
-const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
-
-/** Checks an integer parameter; throws `InputError` naming it, its value and its range. */
-function checkInteger(name: string, value: unknown, min: number, max: number): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
-    throw new InputError(`${name} must be an integer in [${min}, ${max}]; got ${String(value)}`);
-  }
-  return value;
-}
 
 function isRole(value: unknown): value is NetbenchRole {
   return typeof value === 'string' && Object.hasOwn(ROLE_PARAM_NAMES, value);

@@ -43,6 +43,7 @@
  * Non-goals: received bytes are hashed, not stored in guest memory (the receive path already
  * dirties the socket buffer and rings); more than one connection per program; pacing.
  */
+
 import assert from 'node:assert/strict';
 import { crc32 } from 'node:zlib';
 import { InputError } from '../core/errors.ts';
@@ -51,6 +52,7 @@ import { PAGE_SIZE_BYTES } from '../core/units.ts';
 import type { GuestProgram, ProgramContext, ProgramFactory } from '../guest/program.ts';
 import type { GuestNet, SocketEvent, SocketId } from '../guest/socket-api.ts';
 import type { Region } from '../memory/layout.ts';
+import { checkInteger, IPV4 } from './params.ts';
 import {
   acceptOne,
   callSocket,
@@ -240,16 +242,6 @@ const PARAM_NAMES: ReadonlySet<string> = new Set([
   'stagingBytes',
   'connectTriesMax',
 ]);
-
-const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
-
-/** Checks an integer parameter; throws `InputError` naming it, its value and its range. */
-function checkInteger(name: string, value: unknown, min: number, max: number): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
-    throw new InputError(`${name} must be an integer in [${min}, ${max}]; got ${String(value)}`);
-  }
-  return value;
-}
 
 /**
  * Checks `params` against the program's data region and fills in the defaults. Throws

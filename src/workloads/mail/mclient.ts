@@ -43,12 +43,14 @@
  * per mail, refusing a message over the server's advertised SIZE before sending it (the server
  * answers 552 and the mail fails, as it would with sendmail's defaults), and retrying mails.
  */
+
 import assert from 'node:assert/strict';
 import { InputError } from '../../core/errors.ts';
 import { PAGE_SIZE_BYTES } from '../../core/units.ts';
 import type { GuestProgram, ProgramContext, ProgramFactory } from '../../guest/program.ts';
 import type { GuestNet, SocketEvent } from '../../guest/socket-api.ts';
 import type { Region } from '../../memory/layout.ts';
+import { checkInteger, IPV4 } from '../params.ts';
 import {
   callSocket,
   type LifecycleOptions,
@@ -266,16 +268,6 @@ const PARAM_NAMES: ReadonlySet<string> = new Set([
   'connectTriesMax',
   'pipelining',
 ]);
-
-const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
-
-/** Checks an integer parameter; throws `InputError` naming it, its value and its range. */
-function checkInteger(name: string, value: unknown, min: number, max: number): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
-    throw new InputError(`${name} must be an integer in [${min}, ${max}]; got ${String(value)}`);
-  }
-  return value;
-}
 
 /**
  * Checks `params` against the program's data region and fills in the defaults. Throws
