@@ -145,4 +145,40 @@ describe('a failed migration', () => {
       await proxy.close();
     }
   });
+
+  it('keeps the source copy paused through a partition at the end, then completes', async () => {
+    // The target gets the whole stream and resumes the domain; then the hosts cannot talk for
+    // 6 s, longer than the stall timeout. The source must not resume its copy (the target runs
+    // it), and must complete once the target can answer again.
+    const proxy = await FaultProxy.start(parseAddress(h2.link), {
+      kind: 'partition',
+      afterBytes: 1 << 20,
+      healAfterMs: 6000,
+    });
+    const sourceStatuses = new Set<string>();
+    let askedInDoubt = false;
+    try {
+      const record = await migrateAndWait(h1, 'vm', proxy.address, {
+        onProgress: (r) => {
+          askedInDoubt ||= r.progress?.phase === 'inDoubt';
+        },
+        whilePolling: async () => {
+          if (proxy.partitioned) sourceStatuses.add(String(await domainStatus(h1, 'vm')));
+        },
+      });
+      assert.ok(proxy.faultFired, `the partition began (${JSON.stringify(record.error)})`);
+      assert.ok(sourceStatuses.size > 0, 'the source was watched during the partition');
+      assert.ok(
+        !sourceStatuses.has('running'),
+        `the source copy never ran during the partition (seen: ${[...sourceStatuses]})`,
+      );
+      assert.ok(askedInDoubt, 'the migration reported that it was in doubt');
+      assert.equal(record.status, 'completed', JSON.stringify(record.error));
+      assert.equal(record.stats!.memoryVerified, true, 'the digest came with the answer');
+      assert.equal(await domainStatus(h2, 'vm'), 'running', 'the domain runs on the target');
+      assert.equal(await domainStatus(h1, 'vm'), null, 'and not on the source');
+    } finally {
+      await proxy.close();
+    }
+  });
 });

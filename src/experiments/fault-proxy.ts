@@ -23,7 +23,14 @@ export type LinkFault =
    * Forward the source's stream whole, but cut both sides at the target's first message after
    * this byte of it: past the reservation, that is the notice that the domain resumed there.
    */
-  | { kind: 'cut-reply'; afterBytes: number };
+  | { kind: 'cut-reply'; afterBytes: number }
+  /**
+   * Forward the source's stream whole, but at the target's first message after this byte of it
+   * (the resumed notice, past the reservation) partition the hosts for `healAfterMs`: nothing
+   * passes on open connections any more, and new connections are accepted but never answered,
+   * as behind a failed switch. After that, new connections pass again.
+   */
+  | { kind: 'partition'; afterBytes: number; healAfterMs: number };
 
 export class FaultProxy {
   private readonly server: net.Server;
@@ -32,6 +39,10 @@ export class FaultProxy {
   /** Bytes forwarded from the source side, over all connections. */
   forwardedBytes = 0;
   faultFired = false;
+  /** Until this time (performance.now()), the relay is partitioned; see `partition`. */
+  private partitionedUntilMs = 0;
+  /** Client sockets caught open by the partition: they never pass a byte again. */
+  private readonly severed = new WeakSet<net.Socket>();
 
   private constructor(server: net.Server, fault: LinkFault) {
     this.server = server;
@@ -66,9 +77,21 @@ export class FaultProxy {
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 
+  /** Whether the hosts are partitioned now. */
+  get partitioned(): boolean {
+    return performance.now() < this.partitionedUntilMs;
+  }
+
   private relay(client: net.Socket, target: { host: string; port: number }): void {
-    const upstream = net.connect(target.port, target.host);
     this.sockets.add(client);
+    if (this.partitioned) {
+      // Accepted, then silence: the peer's handshake times out, as across a partition.
+      this.severed.add(client);
+      client.on('error', () => {});
+      client.resume();
+      return;
+    }
+    const upstream = net.connect(target.port, target.host);
     this.sockets.add(upstream);
     let stalled = false;
     const closeBoth = (): void => {
@@ -77,29 +100,35 @@ export class FaultProxy {
     };
     client.on('error', closeBoth);
     upstream.on('error', closeBoth);
-    client.on('close', () => upstream.end());
-    upstream.on('close', () => client.end());
+    // Across a partition not even a close gets through.
+    client.on('close', () => this.severed.has(client) || upstream.end());
+    upstream.on('close', () => this.severed.has(client) || client.end());
     upstream.on('data', (chunk: Buffer) => {
       const fault = this.fault;
       if (
-        fault.kind === 'cut-reply' &&
+        (fault.kind === 'cut-reply' || fault.kind === 'partition') &&
         !this.faultFired &&
         this.forwardedBytes > fault.afterBytes
       ) {
         this.faultFired = true;
-        closeBoth();
-        return;
+        if (fault.kind === 'cut-reply') {
+          closeBoth();
+          return;
+        }
+        this.partitionedUntilMs = performance.now() + fault.healAfterMs;
+        for (const socket of this.sockets) this.severed.add(socket);
       }
-      if (!stalled) client.write(chunk);
+      if (!stalled && !this.severed.has(client)) client.write(chunk);
     });
     client.on('data', (chunk: Buffer) => {
-      if (stalled || client.destroyed) return;
+      if (stalled || client.destroyed || this.severed.has(client)) return;
       const fault = this.fault;
       const start = this.forwardedBytes;
       this.forwardedBytes += chunk.length;
       if (
         fault.kind === 'none' ||
         fault.kind === 'cut-reply' ||
+        fault.kind === 'partition' ||
         this.faultFired ||
         this.forwardedBytes <= fault.afterBytes
       ) {

@@ -12,8 +12,10 @@
  * timeout, a byte corrupted, or the stream truncated (a relay between the hosts, at a position
  * chosen by the seed, sometimes within the last bytes of the stream, where the end of the
  * migration is); the target refusing the memory; the source host killed after the target
- * resumed; the link cut just as the target's notice that it resumed the domain comes back; and
- * no fault (a control). The same seed replays the same choices.
+ * resumed; the link cut just as the target's notice that it resumed the domain comes back; a
+ * partition from that moment on, for longer than the stall timeout (the source must keep its
+ * copy paused until the target can answer, then complete); and no fault (a control). The same
+ * seed replays the same choices.
  */
 
 import { sleepMs } from '../core/clock.ts';
@@ -36,6 +38,7 @@ export const FAULT_KINDS = [
   'target-refuses-memory',
   'source-killed-after-resume',
   'resumed-notice-lost',
+  'partition',
 ] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
@@ -45,6 +48,8 @@ const MEMORY = '32MiB';
 /** Slow enough that a 32 MiB round takes over a second: time for a fault to land mid-round. */
 const LINK = '200mbit';
 const STALL_TIMEOUT = '3s';
+/** A partition outlasts the stall timeout and one outcome question (5 s handshake timeout). */
+const PARTITION_MS = 6000;
 
 export interface FaultRun {
   run: number;
@@ -109,6 +114,12 @@ function linkFault(fault: FaultKind, afterBytes: number): LinkFault | null {
       return { kind: 'truncate', afterBytes };
     case 'resumed-notice-lost':
       return { kind: 'cut-reply', afterBytes: Math.floor(afterBytes / 2) };
+    case 'partition':
+      return {
+        kind: 'partition',
+        afterBytes: Math.floor(afterBytes / 2),
+        healAfterMs: PARTITION_MS,
+      };
     default:
       return null;
   }
@@ -123,6 +134,8 @@ async function view(host: LocalHost, name: string): Promise<View | null> {
 function alive(host: LocalHost): boolean {
   return host.process.exitCode === null && host.process.signalCode === null;
 }
+
+const RAN_IN_DOUBT = 'VM1 ran on h1 during the partition, when h2 may have run it too';
 
 /** Runs one fault run on fresh hosts. */
 export async function runFaultRun(
@@ -172,6 +185,10 @@ export async function runFaultRun(
       ) {
         cluster.kill('h2');
         result.faultInjected = true;
+      }
+      if (proxy?.partitioned && (await view(h1, 'vm1'))?.status === 'running') {
+        // The target may run VM1 (it got the whole stream): the source copy must stay paused.
+        if (!result.problems.includes(RAN_IN_DOUBT)) result.problems.push(RAN_IN_DOUBT);
       }
     }
     if (proxy) result.faultInjected = proxy.faultFired;
@@ -327,7 +344,7 @@ export async function runFaults(
     if (run.migration === 'completed') report.migrationsCompleted++;
     else report.migrationsRolledBack++;
     if (run.runsOn.length === 0) report.domainsLost++;
-    if (run.runsOn.length > 1) report.domainsDuplicated++;
+    if (run.runsOn.length > 1 || run.problems.includes(RAN_IN_DOUBT)) report.domainsDuplicated++;
     report.bytesChecked += run.bytesChecked;
     report.bytesLost += run.bytesLost;
   }

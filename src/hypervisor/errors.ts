@@ -7,9 +7,7 @@ export type HypervisorErrorCode =
   | 'DOMAIN_CRASHED'
   | 'DOMAIN_BOOT_FAILED'
   | 'DOMAIN_TIMEOUT'
-  | 'HOST_NO_MEMORY'
-  /** The target never gave a final answer about a domain whose resumed notice was lost. */
-  | 'MIGRATION_IN_DOUBT';
+  | 'HOST_NO_MEMORY';
 
 export class HypervisorError extends TestbedError<HypervisorErrorCode> {
   constructor(code: HypervisorErrorCode, message: string, options?: { cause?: unknown }) {

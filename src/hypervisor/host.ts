@@ -126,9 +126,11 @@ type IncomingOutcomeRecord =
 /** Incoming outcomes kept for sources in doubt. */
 const OUTCOMES_KEPT = 256;
 const OUTCOME_QUESTION_TIMEOUT_MS = 5000;
+/** A source in doubt asks again after this, doubling up to the maximum. */
 const OUTCOME_RETRY_MS = 100;
-/** Beyond the target's stall timeout, how long a source waits for a final answer. */
-const OUTCOME_MARGIN_MS = 5000;
+const OUTCOME_RETRY_MAX_MS = 2000;
+/** How often a source in doubt logs that it still waits for the target's answer. */
+const OUTCOME_LOG_INTERVAL_MS = 10_000;
 
 export interface MigrationRecordView {
   id: string;
@@ -537,14 +539,21 @@ export class Host {
         `migrated ${domain.identity.name} to ${targetLabel}: Tmig ${stats.totalMigrationTimeMs.toFixed(0)} ms, downtime ${stats.downtimeMs.toFixed(1)} ms, ${stats.pagesSent} pages in ${stats.roundCount} rounds`,
       );
     } catch (error) {
-      if (domain.status === 'migrating') domain.status = wasPaused ? 'paused' : 'running';
+      const code = isTestbedError(error) ? error.code : 'MIGRATION_FAILED';
+      // In doubt, the sender left the guest paused: the target may be running it.
+      const inDoubt = code === 'MIGRATION_IN_DOUBT';
+      if (domain.status === 'migrating') {
+        domain.status = wasPaused || inDoubt ? 'paused' : 'running';
+      }
       if (this.domains.get(domain.identity.name)?.domain === domain) {
         this.publish('migrationAborted', domain);
       }
       record.status = 'failed';
       record.error = {
-        code: isTestbedError(error) ? error.code : 'MIGRATION_FAILED',
-        message: `${describeError(error)}; ${domain.identity.name} keeps running on ${this.name}`,
+        code,
+        message: inDoubt
+          ? `${describeError(error)}; ${domain.identity.name} stays paused on ${this.name}: resume it only once sure it does not run on the target`
+          : `${describeError(error)}; ${domain.identity.name} keeps running on ${this.name}`,
       };
       this.log(`migration of ${domain.identity.name} failed: ${record.error.message}`);
     }
@@ -699,42 +708,63 @@ export class Host {
   }
 
   /**
-   * The source's side: after the GuestState may have reached the target but its resumed notice
-   * did not come back, asks the target (on a new authenticated link) until it says 'resumed'
-   * or 'discarded'. A target still finishing ('receiving') is asked again; its own stall
-   * timeout bounds that. Rejects if the target cannot be reached (then the source resumes its
-   * copy: a dead target's copy died with it).
+   * The source's side of "never both": after the GuestState may have reached the target but its
+   * resumed notice did not come back, asks the target (on a new authenticated link) until it
+   * says 'resumed', 'discarded' or 'unknown'. A target still finishing ('receiving') is asked
+   * again; its own stall timeout bounds that. A target that cannot be reached is asked again
+   * too, however long it takes (a partition), while the source's copy stays paused: resuming it
+   * while the target may run the domain would run it twice. Only a refused connection ends the
+   * wait without an answer: no process listens at the target's address, so the copy it held
+   * died with it.
    */
   private async askOutcome(
     target: { host: string; port: number },
     name: string,
   ): Promise<IncomingOutcome> {
-    const deadline =
-      this.clock.nowMs() + (this.init.stallTimeoutMs ?? STALL_TIMEOUT_MS) + OUTCOME_MARGIN_MS;
+    let retryMs = OUTCOME_RETRY_MS;
+    let lastLoggedMs = Number.NEGATIVE_INFINITY;
     for (;;) {
-      const link = await connectToPeer(target, {
-        clusterKey: this.init.clusterKey,
-        localHost: this.name,
-        purpose: 'outcome',
-      });
       try {
-        link.socket.write(encodeControlMessage({ domain: name }));
-        const answer = await link.reader.next(OUTCOME_QUESTION_TIMEOUT_MS, 'outcome');
-        this.log(`asked ${link.peerHost} what became of ${name}: ${String(answer.state)}`);
-        if (answer.state === 'resumed' && typeof answer.pageCrcDigest === 'string')
-          return { state: 'resumed', pageCrcDigest: answer.pageCrcDigest };
-        if (answer.state === 'discarded' || answer.state === 'unknown')
-          return { state: answer.state };
-      } finally {
-        link.socket.destroy();
+        const answer = await this.askOutcomeOnce(target, name);
+        if (answer) return answer;
+      } catch (error) {
+        if (connectionRefused(error)) {
+          this.log(`${name}: nothing listens at the target any more (${describeError(error)})`);
+          return { state: 'unreachable' };
+        }
+        if (this.clock.nowMs() - lastLoggedMs >= OUTCOME_LOG_INTERVAL_MS) {
+          lastLoggedMs = this.clock.nowMs();
+          this.log(
+            `${name} stays paused here: the target may run it but cannot say (${describeError(error)}); asking again until it answers`,
+          );
+        }
       }
-      if (this.clock.nowMs() > deadline) {
-        throw new HypervisorError(
-          'MIGRATION_IN_DOUBT',
-          `${name}: the target still reports the migration unfinished`,
-        );
-      }
-      await sleepMs(OUTCOME_RETRY_MS);
+      await sleepMs(retryMs);
+      retryMs = Math.min(2 * retryMs, OUTCOME_RETRY_MAX_MS);
+    }
+  }
+
+  /** One question to the target; null while it is still receiving the domain. */
+  private async askOutcomeOnce(
+    target: { host: string; port: number },
+    name: string,
+  ): Promise<IncomingOutcome | null> {
+    const link = await connectToPeer(target, {
+      clusterKey: this.init.clusterKey,
+      localHost: this.name,
+      purpose: 'outcome',
+    });
+    try {
+      link.socket.write(encodeControlMessage({ domain: name }));
+      const answer = await link.reader.next(OUTCOME_QUESTION_TIMEOUT_MS, 'outcome');
+      this.log(`asked ${link.peerHost} what became of ${name}: ${String(answer.state)}`);
+      if (answer.state === 'resumed' && typeof answer.pageCrcDigest === 'string')
+        return { state: 'resumed', pageCrcDigest: answer.pageCrcDigest };
+      if (answer.state === 'discarded' || answer.state === 'unknown')
+        return { state: answer.state };
+      return null;
+    } finally {
+      link.socket.destroy();
     }
   }
 
@@ -853,6 +883,12 @@ export class Host {
 }
 
 /** A domain Dom0 can talk to: not destroyed, not crashed. */
+/** No process listens at the address (the kernel refused the connection). */
+function connectionRefused(error: unknown): boolean {
+  const cause = error instanceof Error ? (error.cause as NodeJS.ErrnoException | undefined) : null;
+  return cause?.code === 'ECONNREFUSED';
+}
+
 function isResident(domain: Domain): boolean {
   return domain.status !== 'destroyed' && domain.status !== 'crashed';
 }

@@ -42,7 +42,12 @@ export type MigrationErrorCode =
   /** The target host name does not resolve to a known host. */
   | 'MIGRATION_UNKNOWN_HOST'
   /** The domain is already migrating, or the host is busy with another migration. */
-  | 'MIGRATION_BUSY';
+  | 'MIGRATION_BUSY'
+  /**
+   * The target may run the domain but no answer says so: the source copy stays paused (never
+   * both running) until an operator, sure of where it runs, resumes or destroys it.
+   */
+  | 'MIGRATION_IN_DOUBT';
 
 /** An operating error of live migration. See `MigrationErrorCode` for the meaning of codes. */
 export class MigrationError extends TestbedError<MigrationErrorCode> {

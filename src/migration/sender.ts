@@ -33,7 +33,11 @@ import type { MigrationProgress, MigrationStats, RoundPhase, RoundStats } from '
 
 /** The target pre-touches the whole memory before it answers: 3.6 s/GiB here, so be generous. */
 const RESERVE_TIMEOUT_MS = 120_000;
-/** From END sent to the resumed notice: the target boots the domain's thread. */
+/**
+ * From END sent to the resumed notice (the target restores the GuestState), at most; the stall
+ * timeout shortens it. Past it the source asks the target what became of the domain, so a short
+ * wait costs nothing but a question.
+ */
 const RESUME_TIMEOUT_MS = 30_000;
 
 /** What the sender needs of the domain being migrated. */
@@ -56,16 +60,18 @@ export interface SenderComponents {
   close: () => void;
   /**
    * Asks the target, over a new link, what became of the domain once the GuestState may have
-   * reached it: 'resumed' (it runs there: the migration completed, its notice was lost) or
-   * 'discarded'. Rejects when the target cannot be asked.
+   * reached it: 'resumed' (it runs there: the migration completed, its notice was lost),
+   * 'discarded' or 'unknown' (it never will run there), or 'unreachable' (nothing listens at its
+   * address: its copy died with its process). Resolves only with an answer that settles where
+   * the domain runs, however long that takes; rejects only on an unexpected error.
    */
   askOutcome?: () => Promise<IncomingOutcome>;
 }
 
-/** What a target says became of an incoming domain (see `askOutcome`). */
+/** What became of an incoming domain, as the target says or its silence proves (`askOutcome`). */
 export type IncomingOutcome =
   | { state: 'resumed'; pageCrcDigest: string }
-  | { state: 'discarded' | 'unknown' };
+  | { state: 'discarded' | 'unknown' | 'unreachable' };
 
 export interface SenderInit {
   domain: MigratingDomain;
@@ -102,6 +108,8 @@ export async function sendMigration(
   const memory = domain.memory;
   const vmemPages = memory.pageCount;
   let paused = false;
+  // Set once the target may run the domain and nobody can say: the source copy must stay paused.
+  let inDoubt = false;
   let pagesSentTotal = 0;
   let bytesOnWire = 0;
   const rounds: RoundStats[] = [];
@@ -242,12 +250,27 @@ export async function sendMigration(
     try {
       await send(encodeGuestState(guestState));
       await send(encodeEnd());
-      resumed = await reader.next(RESUME_TIMEOUT_MS, 'resumed notice');
+      resumed = await reader.next(
+        Math.min(RESUME_TIMEOUT_MS, components.stallTimeoutMs),
+        'resumed notice',
+      );
     } catch (error) {
       // In doubt: the target may have the whole domain and have resumed it, with only its
-      // notice lost. Resuming here too would run the domain twice: ask the target first.
-      const outcome = await components.askOutcome?.().catch(() => null);
-      if (outcome?.state !== 'resumed') throw error;
+      // notice lost. Resuming here too would run the domain twice: ask the target first, and
+      // keep this copy paused until it answers (through a partition, that is until it heals).
+      if (!components.askOutcome) throw error;
+      progress({ phase: 'inDoubt', round: round + 1, pagesInRound: 0, pagesSentInRound: 0 });
+      inDoubt = true;
+      const outcome = await components.askOutcome().catch((askError: unknown) => {
+        throw new MigrationError(
+          'MIGRATION_IN_DOUBT',
+          `${error instanceof Error ? error.message : String(error)}, and asking ${init.targetHost} whether it resumed the domain failed: ${askError instanceof Error ? askError.message : String(askError)}`,
+        );
+      });
+      if (outcome.state !== 'resumed') {
+        inDoubt = false;
+        throw error;
+      }
       resumed = { type: 'resumed', pageCrcDigest: outcome.pageCrcDigest };
     }
     bytesOnWire += guestStateBytes;
@@ -294,11 +317,12 @@ export async function sendMigration(
       startedAt: init.startedAt,
     };
   } catch (error) {
-    // Roll back: the domain keeps running on the source, unharmed.
+    // Roll back: the domain keeps running on the source, unharmed; unless the target may run
+    // it (in doubt): then it stays paused here for the operator, never running twice.
     const reason = await explainFailure(error, reader, init.targetHost);
     components.close();
     memory.setLogDirty(false);
-    if (paused) await domain.resume();
+    if (paused && !inDoubt) await domain.resume();
     throw reason;
   }
 }

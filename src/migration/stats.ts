@@ -70,7 +70,8 @@ export interface MigrationStats {
 
 /** What a progress display shows while a migration runs. */
 export interface MigrationProgress {
-  phase: 'setup' | RoundPhase | 'verify';
+  /** `inDoubt`: the resumed notice did not come; the source asks the target, its copy paused. */
+  phase: 'setup' | RoundPhase | 'inDoubt' | 'verify';
   round: number;
   pagesInRound: number;
   pagesSentInRound: number;

@@ -40,7 +40,12 @@ export async function migrateAndWait(
   source: LocalHost,
   domain: string,
   to: string,
-  options: { policy?: string; onProgress?: (record: MigrationRecordView) => void } = {},
+  options: {
+    policy?: string;
+    onProgress?: (record: MigrationRecordView) => void;
+    /** Runs before each poll of the migration's record. */
+    whilePolling?: () => Promise<void>;
+  } = {},
 ): Promise<MigrationRecordView> {
   let record = await source.client.post<MigrationRecordView>(`/v1/domains/${domain}/migrate`, {
     to,
@@ -48,6 +53,7 @@ export async function migrateAndWait(
   });
   while (record.status === 'running') {
     await sleepMs(50);
+    await options.whilePolling?.();
     record = await source.client.get<MigrationRecordView>(`/v1/migrations/${record.id}`);
     options.onProgress?.(record);
   }
