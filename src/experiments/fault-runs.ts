@@ -194,7 +194,12 @@ export async function runFaultRun(
     if (proxy) result.faultInjected = proxy.faultFired;
     if (fault === 'target-refuses-memory') result.faultInjected = true;
     result.migration = record.status === 'completed' ? 'completed' : 'rolled-back';
-    result.error = record.error ? `${record.error.code}: ${record.error.message}` : null;
+    const { code, message } = record.error ?? { code: '', message: '' };
+    result.error = !record.error
+      ? null
+      : message.startsWith(code)
+        ? message
+        : `${code}: ${message}`;
     if (fault === 'source-killed-after-resume' && record.status === 'completed') {
       cluster.kill('h1');
       result.faultInjected = true;
