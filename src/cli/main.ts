@@ -37,13 +37,44 @@ function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
+const jsonOption = (): Option => new Option('--json', 'print the result as JSON on stdout');
+const quietOption = (): Option => new Option('--quiet', 'no progress on stderr');
+const policyOption = (): Option =>
+  new Option('--policy <policy>', 'stop policy').choices(['paper', 'xen', 'qemu']).default('paper');
+
+/** Commander leaves an absent flag undefined; the commands take booleans. */
+function withFlags<T extends { json?: boolean; quiet?: boolean }>(
+  options: T,
+): T & { json: boolean; quiet: boolean } {
+  return { ...options, json: Boolean(options.json), quiet: Boolean(options.quiet) };
+}
+
+/** A demo's last step: its result as JSON, or printed with its notes; a failed check exits 1. */
+function finishDemo<R extends { notes: string[] }>(
+  result: R,
+  json: boolean | undefined,
+  print: (result: R) => void,
+  passed: boolean,
+): void {
+  if (json) printJson(result);
+  else {
+    print(result);
+    process.stdout.write(`\n${result.notes.map((n) => `note: ${n}`).join('\n')}\n`);
+  }
+  if (!passed) process.exitCode = 1;
+}
+
 const program = new Command();
 program
   .name('xenvmc')
   .description(
     'XENVMC and Advance-XENVMC testbed: Xen-like hosts, guest domains with real memory, pre-copy live migration over real TCP',
   )
-  .showHelpAfterError();
+  .showHelpAfterError()
+  // Errors come as JSON too when the command was asked for JSON.
+  .hook('preAction', (_program, action) => {
+    jsonErrors = Boolean(action.opts().json);
+  });
 
 program
   .command('host')
@@ -121,7 +152,6 @@ controlOptions(
       'uniform',
     ),
 ).action(async (name: string, options) => {
-  jsonErrors = Boolean(options.json);
   const programs =
     options.dirtyRate === undefined
       ? []
@@ -145,7 +175,6 @@ controlOptions(
     );
 });
 controlOptions(domain.command('list').description('list domains')).action(async (options) => {
-  jsonErrors = Boolean(options.json);
   const domains = await client(options).get<DomainSummary[]>('/v1/domains');
   if (options.json) return printJson(domains);
   const rows = domains.map((d) => [d.domId, d.name, d.ip ?? '-', d.tenant, d.status, d.pageCount]);
@@ -156,7 +185,6 @@ controlOptions(domain.command('list').description('list domains')).action(async 
 for (const verb of ['pause', 'resume'] as const) {
   controlOptions(domain.command(`${verb} <name>`).description(`${verb} a domain`)).action(
     async (name: string, options) => {
-      jsonErrors = Boolean(options.json);
       const summary = await client(options).post<DomainSummary>(
         `/v1/domains/${encodeURIComponent(name)}/${verb}`,
       );
@@ -167,7 +195,6 @@ for (const verb of ['pause', 'resume'] as const) {
 }
 controlOptions(domain.command('destroy <name>').description('destroy a domain')).action(
   async (name: string, options) => {
-    jsonErrors = Boolean(options.json);
     await client(options).delete(`/v1/domains/${encodeURIComponent(name)}`);
     if (options.json) printJson({ destroyed: name });
     else process.stdout.write(`destroyed ${name}\n`);
@@ -179,13 +206,8 @@ controlOptions(
     .command('migrate <domain>')
     .description('live-migrate a domain (pre-copy) from the host given by --host to another host')
     .requiredOption('--to <addr>', "the target host's link address (host:port, its --listen)")
-    .addOption(
-      new Option('--policy <policy>', 'stop policy')
-        .choices(['paper', 'xen', 'qemu'])
-        .default('paper'),
-    ),
+    .addOption(policyOption()),
 ).action(async (name: string, options) => {
-  jsonErrors = Boolean(options.json);
   const stats = await followMigration(
     client(options),
     name,
@@ -204,7 +226,6 @@ controlOptions(
     )
     .option('--listen <addr>', 'where to listen on this machine', '127.0.0.1:0'),
 ).action(async (domainName: string, port: string, options) => {
-  jsonErrors = Boolean(options.json);
   const view = await client(options).post<{ listen: string; targetIp: string; targetPort: number }>(
     '/v1/forwards',
     {
@@ -232,28 +253,18 @@ demo
   )
   .option('--working-set <size>', 'bytes of program memory the dirtier writes (default: all of it)')
   .option('--link <rate>', 'link rate between the hosts: 1gbit, 100mbit, unlimited, ...', '1gbit')
-  .addOption(
-    new Option('--policy <policy>', 'stop policy')
-      .choices(['paper', 'xen', 'qemu'])
-      .default('paper'),
-  )
+  .addOption(policyOption())
   .option('--warmup <duration>', 'how long the dirtier runs before the migration starts', '1s')
-  .option('--json', 'print the result as JSON on stdout')
-  .option('--quiet', 'no progress on stderr')
+  .addOption(jsonOption())
+  .addOption(quietOption())
   .action(async (options) => {
-    jsonErrors = Boolean(options.json);
-    const result = await runDemoMigrate({
-      ...options,
-      json: Boolean(options.json),
-      quiet: Boolean(options.quiet),
-    });
-    if (options.json) printJson(result);
-    else {
-      printMigrationStats(result);
-      process.stdout.write(`\n${result.notes.map((n) => `note: ${n}`).join('\n')}\n`);
-    }
-    if (!result.memoryVerified || !result.domainRunsOnTarget || !result.domainGoneFromSource)
-      process.exitCode = 1;
+    const result = await runDemoMigrate(withFlags(options));
+    finishDemo(
+      result,
+      options.json,
+      printMigrationStats,
+      result.memoryVerified && result.domainRunsOnTarget && result.domainGoneFromSource,
+    );
   });
 
 demo
@@ -284,26 +295,12 @@ demo
     "send channel pages with the migrating domain (real Xen's grant behaviour)",
   )
   .option('--link <rate>', 'link rate between the hosts', '1gbit')
-  .addOption(
-    new Option('--policy <policy>', 'stop policy')
-      .choices(['paper', 'xen', 'qemu'])
-      .default('paper'),
-  )
-  .option('--json', 'print the result as JSON on stdout')
-  .option('--quiet', 'no progress on stderr')
+  .addOption(policyOption())
+  .addOption(jsonOption())
+  .addOption(quietOption())
   .action(async (options) => {
-    jsonErrors = Boolean(options.json);
-    const result = await runDemoStream({
-      ...options,
-      json: Boolean(options.json),
-      quiet: Boolean(options.quiet),
-    });
-    if (options.json) printJson(result);
-    else {
-      printStreamResult(result);
-      process.stdout.write(`\n${result.notes.map((n) => `note: ${n}`).join('\n')}\n`);
-    }
-    if (!result.digestsMatch) process.exitCode = 1;
+    const result = await runDemoStream(withFlags(options));
+    finishDemo(result, options.json, printStreamResult, result.digestsMatch);
   });
 
 demo
@@ -328,27 +325,17 @@ demo
   .option('--no-migrate', 'do not migrate VM1 (a baseline)')
   .option('--seed <n>', "seed of the attachments' contents", '1')
   .option('--link <rate>', 'link rate between the hosts', '1gbit')
-  .addOption(
-    new Option('--policy <policy>', 'stop policy')
-      .choices(['paper', 'xen', 'qemu'])
-      .default('paper'),
-  )
-  .option('--json', 'print the result as JSON on stdout')
-  .option('--quiet', 'no progress on stderr')
+  .addOption(policyOption())
+  .addOption(jsonOption())
+  .addOption(quietOption())
   .action(async (options) => {
-    jsonErrors = Boolean(options.json);
     const result = await runDemoMail({
       ...options,
       migrate: options.migrate !== false,
       json: Boolean(options.json),
       quiet: Boolean(options.quiet),
     });
-    if (options.json) printJson(result);
-    else {
-      printMailResult(result);
-      process.stdout.write(`\n${result.notes.map((n) => `note: ${n}`).join('\n')}\n`);
-    }
-    if (!result.ok) process.exitCode = 1;
+    finishDemo(result, options.json, printMailResult, result.ok);
   });
 
 demo
@@ -359,15 +346,10 @@ demo
   .option('--seed <n>', 'replay the runs of this seed (printed first; random if not given)')
   .option('--runs <n>', 'how many runs', '8')
   .option('--only <kinds>', 'only these fault kinds, comma-separated (see the README)')
-  .option('--json', 'print the result as JSON on stdout')
-  .option('--quiet', 'no progress on stderr')
+  .addOption(jsonOption())
+  .addOption(quietOption())
   .action(async (options) => {
-    jsonErrors = Boolean(options.json);
-    const report = await runDemoFaults({
-      ...options,
-      json: Boolean(options.json),
-      quiet: Boolean(options.quiet),
-    });
+    const report = await runDemoFaults(withFlags(options));
     if (options.json) printJson(report);
     else printFaultReport(report);
     if (report.domainsLost || report.domainsDuplicated || report.bytesLost) process.exitCode = 1;
@@ -388,15 +370,10 @@ program
   .option('--modes <list>', 'only these modes, comma-separated')
   .option('--repetitions <n>', "override the scenario's repetitions")
   .option('--json', 'print a JSON summary on stdout')
-  .option('--quiet', 'no progress on stderr')
+  .addOption(quietOption())
   .option('--verbose', "show the hosts' logs")
   .action(async (scenario: string, options) => {
-    jsonErrors = Boolean(options.json);
-    const results = await experimentCommand(scenario, {
-      ...options,
-      json: Boolean(options.json),
-      quiet: Boolean(options.quiet),
-    });
+    const results = await experimentCommand(scenario, withFlags(options));
     if (results.runs.some((run) => !run.ok)) process.exitCode = 1;
   });
 
@@ -406,7 +383,6 @@ program
   .argument('<dir>', 'an experiment output directory')
   .option('--json', 'print the written files as JSON')
   .action(async (dir: string, options) => {
-    jsonErrors = Boolean(options.json);
     await reportCommand(dir, { json: Boolean(options.json) });
   });
 
