@@ -8,6 +8,7 @@
  * faults are placed after `afterBytes` bytes of the source's stream.
  */
 import net from 'node:net';
+import { RecordRelay } from './record-relay.ts';
 
 export type LinkFault =
   | { kind: 'none' }
@@ -30,7 +31,14 @@ export type LinkFault =
    * passes on open connections any more, and new connections are accepted but never answered,
    * as behind a failed switch. After that, new connections pass again.
    */
-  | { kind: 'partition'; afterBytes: number; healAfterMs: number };
+  | { kind: 'partition'; afterBytes: number; healAfterMs: number }
+  /**
+   * Hold back the PAGE_BATCH record holding this byte (or the next one) and send it after the
+   * record that follows it.
+   */
+  | { kind: 'reorder'; afterBytes: number }
+  /** Drop the PAGE_BATCH record holding this byte (or the next one). */
+  | { kind: 'drop'; afterBytes: number };
 
 export class FaultProxy {
   private readonly server: net.Server;
@@ -92,6 +100,11 @@ export class FaultProxy {
       return;
     }
     const upstream = net.connect(target.port, target.host);
+    const fault = this.fault;
+    if (fault.kind === 'reorder' || fault.kind === 'drop') {
+      this.relayRecords(client, upstream, new RecordRelay(fault.kind, fault.afterBytes));
+      return;
+    }
     this.sockets.add(upstream);
     let stalled = false;
     const closeBoth = (): void => {
@@ -157,6 +170,25 @@ export class FaultProxy {
           client.destroy();
           return;
       }
+    });
+  }
+
+  /** A relay that passes the source's stream whole records at a time (`RecordRelay`). */
+  private relayRecords(client: net.Socket, upstream: net.Socket, records: RecordRelay): void {
+    this.sockets.add(upstream);
+    const closeBoth = (): void => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', closeBoth);
+    upstream.on('error', closeBoth);
+    client.on('close', () => upstream.end());
+    upstream.on('close', () => client.end());
+    upstream.on('data', (chunk: Buffer) => client.write(chunk));
+    client.on('data', (chunk: Buffer) => {
+      this.forwardedBytes += chunk.length;
+      for (const bytes of records.push(chunk)) upstream.write(bytes);
+      if (records.fired) this.faultFired = true;
     });
   }
 }

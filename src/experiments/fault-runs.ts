@@ -1,21 +1,23 @@
 /**
  * Seeded fault-injection runs (issue 8): each run migrates a communicating domain (VM1, one end
  * of a two-way stream with VM2, co-resident on h1) from h1 to h2 while a fault chosen by the
- * seed strikes the migration, then checks the two guarantees that matter:
+ * seed strikes the migration, then checks the guarantees that matter:
  *
  * - the domain runs in exactly one place afterwards (never both, never neither): on h2 if the
  *   migration completed, on h1 if it failed;
  * - no stream byte is lost or duplicated: both directions finish with the sender's byte count
  *   and CRC-32 equal to the receiver's.
  *
+ * - a completed migration's target memory equals the source's at the pause (`memoryVerified`).
+ *
  * Faults: the target host process killed mid-round; the link cut, stalled past the stall
- * timeout, a byte corrupted, or the stream truncated (a relay between the hosts, at a position
- * chosen by the seed, sometimes within the last bytes of the stream, where the end of the
- * migration is); the target refusing the memory; the source host killed after the target
- * resumed; the link cut just as the target's notice that it resumed the domain comes back; a
- * partition from that moment on, for longer than the stall timeout (the source must keep its
- * copy paused until the target can answer, then complete); and no fault (a control). The same
- * seed replays the same choices.
+ * timeout, a byte corrupted, the stream truncated, a page batch reordered or dropped (a relay
+ * between the hosts, at a position chosen by the seed, sometimes within the last bytes of the
+ * stream, where the end of the migration is); the target refusing the memory; the source host
+ * killed after the target resumed; the link cut just as the target's notice that it resumed
+ * the domain comes back; a partition from that moment on, for longer than the stall timeout
+ * (the source must keep its copy paused until the target can answer, then complete); and no
+ * fault (a control). The same seed replays the same choices.
  */
 
 import { sleepMs } from '../core/clock.ts';
@@ -39,6 +41,8 @@ export const FAULT_KINDS = [
   'source-killed-after-resume',
   'resumed-notice-lost',
   'partition',
+  'record-reordered',
+  'record-dropped',
 ] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
@@ -114,6 +118,10 @@ function linkFault(fault: FaultKind, afterBytes: number): LinkFault | null {
       return { kind: 'truncate', afterBytes };
     case 'resumed-notice-lost':
       return { kind: 'cut-reply', afterBytes: Math.floor(afterBytes / 2) };
+    case 'record-reordered':
+      return { kind: 'reorder', afterBytes };
+    case 'record-dropped':
+      return { kind: 'drop', afterBytes };
     case 'partition':
       return {
         kind: 'partition',
@@ -200,6 +208,9 @@ export async function runFaultRun(
       : message.startsWith(code)
         ? message
         : `${code}: ${message}`;
+    if (record.status === 'completed' && record.stats?.memoryVerified !== true) {
+      result.problems.push("the target's memory differs from the source's at the pause");
+    }
     if (fault === 'source-killed-after-resume' && record.status === 'completed') {
       cluster.kill('h1');
       result.faultInjected = true;
