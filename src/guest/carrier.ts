@@ -21,6 +21,8 @@ export interface StreamCarrier {
   write(carried: CarriedStream, bytes: Uint8Array): number | null;
   /** The program reads and the socket buffer is empty: bytes from the carrier (maybe none). */
   read(carried: CarriedStream, maxBytes: number): Uint8Array;
+  /** `read` into the program's `target`; returns the count (maybe 0). */
+  readInto(carried: CarriedStream, target: Uint8Array): number;
   /** Bytes the carrier holds for the program to read. */
   pendingBytes(carried: CarriedStream): number;
   /** Bytes the carrier can take now (for `writable` events); null when it carries nothing. */

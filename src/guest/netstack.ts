@@ -234,6 +234,7 @@ export class Netstack {
       connect: (ip, port) => this.connect(programId, ip, port),
       write: (socket, bytes) => this.write(programId, socket, bytes),
       read: (socket, maxBytes) => this.read(programId, socket, maxBytes),
+      readInto: (socket, target) => this.readInto(programId, socket, target),
       end: (socket) => this.stream(programId, socket).end(),
       close: (socket) => this.close(programId, socket),
       info: (socket) => this.info(programId, socket),
@@ -284,15 +285,37 @@ export class Netstack {
     const carrier = this.components.carrier;
     if (bytes.byteLength === 0 && carrier && stream.receiveQuiescent) {
       bytes = carrier.read({ socket, stream }, maxBytes);
-      // A FIN that came by netfront before the carrier's last bytes is taken now.
-      if (entry.parkedFinOffset !== null && entry.parkedFinOffset === stream.state.receiveNext) {
-        stream.acceptFin(entry.parkedFinOffset);
-        entry.parkedFinOffset = null;
-      }
+      this.takeParkedFin(entry, stream);
     }
-    if (bytes.byteLength < maxBytes) entry.carrierReadableTold = false;
-    entry.bytesRead += bytes.byteLength;
+    this.noteRead(entry, bytes.byteLength, maxBytes);
     return bytes;
+  }
+
+  /** `read` into the program's array: the same bytes, in the same order, from the same places. */
+  private readInto(programId: number, socket: SocketId, target: Uint8Array): number {
+    const entry = this.entry(programId, socket);
+    const stream = this.streams.get(socket)!;
+    let count = stream.readInto(target);
+    const carrier = this.components.carrier;
+    if (count === 0 && carrier && stream.receiveQuiescent) {
+      count = carrier.readInto({ socket, stream }, target);
+      this.takeParkedFin(entry, stream);
+    }
+    this.noteRead(entry, count, target.byteLength);
+    return count;
+  }
+
+  /** A FIN that came by netfront before the carrier's last bytes is taken now. */
+  private takeParkedFin(entry: SocketEntry, stream: StreamConnection): void {
+    if (entry.parkedFinOffset !== null && entry.parkedFinOffset === stream.state.receiveNext) {
+      stream.acceptFin(entry.parkedFinOffset);
+      entry.parkedFinOffset = null;
+    }
+  }
+
+  private noteRead(entry: SocketEntry, count: number, asked: number): void {
+    if (count < asked) entry.carrierReadableTold = false;
+    entry.bytesRead += count;
   }
 
   private close(programId: number, socket: SocketId): void {

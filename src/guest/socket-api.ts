@@ -5,8 +5,12 @@
  * shared-memory channel); it cannot tell, except by `info().carrier`.
  *
  * Events are edge-triggered: `readable` comes when new bytes arrive, and the program should
- * read until `read` returns an empty array; `writable` comes once send-buffer space frees
- * after a `write` accepted fewer bytes than offered.
+ * read until `read` returns an empty array (or `readInto` returns 0); `writable` comes once
+ * send-buffer space frees after a `write` accepted fewer bytes than offered.
+ *
+ * Two ways to read the same bytes: `read` hands out a new array the program may keep, and
+ * `readInto` copies into an array the program reuses (no allocation per read: what a bulk
+ * reader wants). Programs call `readSocketInto`, which works on every `GuestNet`.
  */
 import type { NetErrorCode } from './net-errors.ts';
 
@@ -49,9 +53,26 @@ export interface GuestNet {
   write(socket: SocketId, bytes: Uint8Array): number;
   /** Takes up to `maxBytes` received bytes (an empty array when none are ready). */
   read(socket: SocketId, maxBytes: number): Uint8Array;
+  /**
+   * Copies up to `target.byteLength` received bytes into `target` (from its start) and returns
+   * the count, 0 when none are ready: the bytes `read(socket, target.byteLength)` would return.
+   * Optional so that every `GuestNet` need not have it; call it through `readSocketInto`.
+   */
+  readInto?(socket: SocketId, target: Uint8Array): number;
   /** Ends this direction after every written byte (FIN). */
   end(socket: SocketId): void;
   /** Forgets the socket (ends it first if needed); `closed` follows. */
   close(socket: SocketId): void;
   info(socket: SocketId): SocketInfo;
+}
+
+/**
+ * `net.readInto` where the stack has it, else `read` and one more copy: the same bytes either
+ * way, so a program written against it runs on every `GuestNet`.
+ */
+export function readSocketInto(net: GuestNet, socket: SocketId, target: Uint8Array): number {
+  if (net.readInto) return net.readInto(socket, target);
+  const bytes = net.read(socket, target.byteLength);
+  target.set(bytes);
+  return bytes.byteLength;
 }

@@ -535,6 +535,98 @@ describe('StreamConnection', () => {
     );
   });
 
+  it('reads into one reused array across carrier switches: netfront, channel, take-back, netfront', () => {
+    // The receiving program reads with `readInto` into one array throughout: netfront bytes,
+    // then a channel's (the FIFO's `readInto` into the same array, `receivedByCarrier`), then,
+    // after the tear-down, what the sender took back and later bytes over netfront again.
+    fc.assert(
+      fc.property(
+        fc.record({
+          seed: fc.integer({ min: 0, max: 2 ** 31 }),
+          bufferBytes: fc.constantFrom(4096, 65536),
+          beforeBytes: fc.integer({ min: 0, max: 200_000 }),
+          channelBytes: fc.integer({ min: 1, max: 600_000 }),
+          readShare: fc.double({ min: 0, max: 1, noNaN: true }),
+          laterBytes: fc.integer({ min: 0, max: 100_000 }),
+          targetBytes: fc.constantFrom(1, 1000, 65536, 300_000),
+          lossRate: fc.constantFrom(0, 0.05),
+          migrateAtStep: fc.option(fc.integer({ min: 0, max: 60 }), { nil: null }),
+        }),
+        (p) => {
+          const random = new Random(p.seed);
+          const faults = { lossRate: p.lossRate, duplicateRate: p.lossRate, delayRate: 0.1 };
+          const pair = new Pair({
+            bufferBytes: p.bufferBytes,
+            faults,
+            random,
+            maxFramesPerStep: 16,
+          });
+          for (let i = 0; i < 10_000 && !(pair.conns[1]?.connected && pair.idle); i++)
+            pair.runStep();
+          const data = new Uint8Array(p.beforeBytes + p.channelBytes + p.laterBytes);
+          new Random(p.seed + 1).fill(data);
+          const target = new Uint8Array(p.targetBytes);
+          const received: Uint8Array[] = [];
+          const readAll = (): void => {
+            for (;;) {
+              target.fill(0xee); // a count too large would hand out these
+              const count = pair.conn(1).readInto(target);
+              if (count === 0) return;
+              received.push(target.slice(0, count));
+            }
+          };
+          // Netfront until the sender is quiescent and the receiver read everything.
+          let written = 0;
+          for (let step = 0; step < STEP_LIMIT; step++) {
+            if (written < p.beforeBytes)
+              written += pair.conn(0).write(data.subarray(written, p.beforeBytes));
+            readAll();
+            pair.runStep();
+            if (written === p.beforeBytes && pair.conn(0).sendQuiescent && pair.idle) {
+              readAll();
+              if (pair.conn(1).receiveQuiescent) break;
+            }
+          }
+          assert.ok(pair.conn(1).receiveQuiescent, `netfront part read: ${report(pair)}`);
+          // The channel: its FIFO is `data[beforeBytes, +channelBytes)`; the reader takes
+          // readBytes of it, a target's worth at a time, into the same array.
+          const readBytes = Math.floor(p.readShare * p.channelBytes);
+          pair.conn(0).sentByCarrier(p.channelBytes);
+          for (let done = 0; done < readBytes; ) {
+            const count = Math.min(p.targetBytes, readBytes - done);
+            const from = p.beforeBytes + done;
+            target.set(data.subarray(from, from + count));
+            pair.conn(1).receivedByCarrier(count);
+            received.push(target.slice(0, count));
+            done += count;
+          }
+          // Tear-down: the unread rest goes back to the sender (maybe into sendOverflow).
+          const consumed = p.beforeBytes + readBytes;
+          pair.conn(0).reclaim(consumed, data.slice(consumed, p.beforeBytes + p.channelBytes));
+          written = p.beforeBytes + p.channelBytes;
+          let ended = false;
+          for (let step = 0; step < STEP_LIMIT && !pair.conn(1).eof; step++) {
+            if (step === p.migrateAtStep) pair.migrate(0);
+            const sender = pair.conn(0);
+            if (written < data.byteLength) written += sender.write(data.subarray(written));
+            if (written === data.byteLength && !ended) {
+              sender.end();
+              ended = true;
+            }
+            readAll();
+            pair.runStep();
+          }
+          assert.ok(pair.conn(1).eof, `the receiver reached the end: ${report(pair)}`);
+          assert.ok(
+            Buffer.concat(received).equals(Buffer.from(data)),
+            'the receiver got every byte once, in order, into its one array',
+          );
+        },
+      ),
+      { seed: 20261205, numRuns: 40 },
+    );
+  });
+
   it('dirties both domains: sockbuf through the socket buffers, kernel through the rings', () => {
     const pair = new Pair({
       bufferBytes: 256 * 1024,

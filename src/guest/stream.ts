@@ -330,6 +330,8 @@ export class StreamConnection {
   /** Takes up to `maxBytes` received bytes (may be empty). Never throws. */
   read(maxBytes: number): Uint8Array {
     const count = Math.max(0, Math.min(maxBytes, this.readableBytes));
+    // Every read-until-empty loop ends with an empty read; it needs no array of its own.
+    if (count === 0) return NO_BYTES;
     const bytes = new Uint8Array(count);
     this.readInto(bytes);
     return bytes;
@@ -821,6 +823,9 @@ export class StreamConnection {
     };
   }
 }
+
+/** The empty read's result (length 0: nobody can write into it). */
+const NO_BYTES = new Uint8Array(0);
 
 function initialState(
   init: StreamBuffersInit & StreamEndpoints,
