@@ -57,8 +57,11 @@ export interface GuestKernelComponents {
   log: (message: string) => void;
   /** Called when a program throws: the domain is halted and the host told. */
   onCrash: (error: Error) => void;
-  /** Networking: the domain's IP (null: no network) and the event channel to Dom0. */
-  net?: { ip: string | null; seed: number; notifyBackend: () => void };
+  /**
+   * Networking: the domain's IP (null: no network), the event channel to Dom0, and the socket
+   * buffer size the domain was created with (default: the netstack's share of sockbuf).
+   */
+  net?: { ip: string | null; seed: number; socketBufferBytes?: number; notifyBackend: () => void };
   /** Another carrier for streams (the XENVMC module), plugged in by the composition root. */
   carrier?: CarrierModule;
   /** The domain's disk on shared storage (none: programs get `NO_FILES`). */
@@ -130,7 +133,10 @@ export class GuestKernel {
   /** First boot: builds and starts every program. */
   boot(specs: readonly ProgramSpec[]): void {
     const net = this.components.net;
-    if (net) this.netstack = Netstack.boot(this.netComponents(), { ip: net.ip, seed: net.seed });
+    if (net) {
+      const { ip, seed, socketBufferBytes } = net;
+      this.netstack = Netstack.boot(this.netComponents(), { ip, seed, socketBufferBytes });
+    }
     const disk = this.components.disk;
     if (disk) {
       const memory = this.components.memory;

@@ -16,9 +16,11 @@
  *
  * Non-goals: UDP, IP fragmentation, routing inside the guest (Dom0 routes), port reuse rules.
  */
+import { InputError } from '../core/errors.ts';
 import { Random } from '../core/random.ts';
 import { PAGE_SIZE_BYTES } from '../core/units.ts';
 import type { GuestMemory } from '../memory/guest-memory.ts';
+import { type MemoryLayout, regionByName } from '../memory/layout.ts';
 import {
   decodeFrame,
   encodeFrame,
@@ -29,7 +31,12 @@ import {
   refusalFor,
   u32ToIp,
 } from '../net/frame.ts';
-import { NETFRONT_SLOT_COUNT, NETFRONT_SLOT_SIZE_BYTES, STREAM_LINGER_MS } from '../net/limits.ts';
+import {
+  NETFRONT_SLOT_COUNT,
+  NETFRONT_SLOT_SIZE_BYTES,
+  STREAM_BUFFER_BYTES_MAX,
+  STREAM_LINGER_MS,
+} from '../net/limits.ts';
 import { NetfrontRing } from '../net/netfront-ring.ts';
 import type { CarriedStream, StreamCarrier } from './carrier.ts';
 import { NetError } from './net-errors.ts';
@@ -44,7 +51,59 @@ const EPHEMERAL_PORT_LAST = 60999;
 const SOCKET_BUFFER_BYTES_MAX = 256 * 1024;
 const SOCKET_BUFFER_BYTES_MIN = 16 * 1024;
 /** The sockbuf region is cut for at least this many concurrent streams. */
-const SOCKET_SLOTS_MIN = 8;
+export const SOCKET_SLOTS_MIN = 8;
+/** Smallest buffer a domain may ask for: one page (one netfront slot's worth of payload). */
+export const SOCKET_BUFFER_BYTES_REQUEST_MIN = PAGE_SIZE_BYTES;
+
+/** How the sockbuf region is cut: slots of one send and one receive buffer each. */
+export interface SocketBufferPlan {
+  /** Bytes of each buffer (per direction). */
+  bufferBytes: number;
+  slotCount: number;
+}
+
+/**
+ * Cuts a domain's sockbuf region into socket slots. By default each buffer gets a sixteenth of
+ * the region, within [16 KiB, 256 KiB] (16 slots in a 64 MiB domain). A domain that holds many
+ * concurrent connections asks for smaller buffers instead (`socketBufferBytes`, as Linux's
+ * `tcp_wmem`/`tcp_rmem` start at 16 KiB): 1000 connections at 256 KiB would need 500 MiB of
+ * sockbuf. The asked size must be whole pages (so dirty pages stay attributable to one
+ * buffer), at most `STREAM_BUFFER_BYTES_MAX`, and leave at least `SOCKET_SLOTS_MIN` slots.
+ * Throws `InputError` naming the field; Dom0 calls it before booting the domain.
+ */
+export function socketBufferPlan(
+  layout: MemoryLayout,
+  socketBufferBytes?: number,
+): SocketBufferPlan {
+  const sockbufBytes = regionByName(layout, 'sockbuf').pageCount * PAGE_SIZE_BYTES;
+  let bufferBytes: number;
+  if (socketBufferBytes === undefined) {
+    const perDirection =
+      Math.floor(sockbufBytes / (2 * SOCKET_SLOTS_MIN) / PAGE_SIZE_BYTES) * PAGE_SIZE_BYTES;
+    bufferBytes = Math.max(
+      SOCKET_BUFFER_BYTES_MIN,
+      Math.min(SOCKET_BUFFER_BYTES_MAX, perDirection),
+    );
+  } else {
+    bufferBytes = socketBufferBytes;
+    if (
+      !Number.isSafeInteger(bufferBytes) ||
+      bufferBytes < SOCKET_BUFFER_BYTES_REQUEST_MIN ||
+      bufferBytes > STREAM_BUFFER_BYTES_MAX ||
+      bufferBytes % PAGE_SIZE_BYTES !== 0
+    ) {
+      throw new InputError(
+        `socketBufferBytes must be a whole number of ${PAGE_SIZE_BYTES} B pages in [${SOCKET_BUFFER_BYTES_REQUEST_MIN}, ${STREAM_BUFFER_BYTES_MAX}]; got ${String(socketBufferBytes)}`,
+      );
+    }
+    if (Math.floor(sockbufBytes / (2 * bufferBytes)) < SOCKET_SLOTS_MIN) {
+      throw new InputError(
+        `socketBufferBytes ${bufferBytes} leaves fewer than ${SOCKET_SLOTS_MIN} socket slots in the ${sockbufBytes} B sockbuf region (each slot holds two buffers)`,
+      );
+    }
+  }
+  return { bufferBytes, slotCount: Math.floor(sockbufBytes / (2 * bufferBytes)) };
+}
 
 /** Where netfront's rings sit: the first pages of the kernel region. */
 export interface NetfrontPlacement {
@@ -162,18 +221,13 @@ export class Netstack {
   }
 
   /** A fresh stack at boot: rings reset, socket buffers carved out of the sockbuf region. */
-  static boot(components: NetstackComponents, init: { ip: string | null; seed: number }): Netstack {
+  static boot(
+    components: NetstackComponents,
+    init: { ip: string | null; seed: number; socketBufferBytes?: number },
+  ): Netstack {
     const { memory } = components;
     const placement = netfrontPlacement(memory);
-    const sockbuf = memory.region('sockbuf');
-    const sockbufBytes = sockbuf.pageCount * PAGE_SIZE_BYTES;
-    const perDirection =
-      Math.floor(sockbufBytes / (2 * SOCKET_SLOTS_MIN) / PAGE_SIZE_BYTES) * PAGE_SIZE_BYTES;
-    const bufferBytes = Math.max(
-      SOCKET_BUFFER_BYTES_MIN,
-      Math.min(SOCKET_BUFFER_BYTES_MAX, perDirection),
-    );
-    const slotCount = Math.floor(sockbufBytes / (2 * bufferBytes));
+    const { bufferBytes, slotCount } = socketBufferPlan(memory.layout, init.socketBufferBytes);
     const random = new Random(init.seed);
     const state: NetstackState = {
       ip: init.ip === null ? null : ipToU32(init.ip),

@@ -6,8 +6,10 @@
 import { timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { isTestbedError } from '../core/errors.ts';
-import { parseBytes } from '../core/units.ts';
+import { PAGE_SIZE_BYTES, parseBytes } from '../core/units.ts';
+import { SOCKET_BUFFER_BYTES_REQUEST_MIN } from '../guest/netstack.ts';
 import { REGION_NAMES } from '../memory/layout.ts';
+import { STREAM_BUFFER_BYTES_MAX } from '../net/limits.ts';
 import type { Host } from './host.ts';
 
 /**
@@ -60,6 +62,13 @@ const createDomainSchema = {
       type: 'object',
       additionalProperties: false,
       properties: Object.fromEntries(REGION_NAMES.map((n) => [n, { type: 'integer', minimum: 1 }])),
+    },
+    // Whole pages; what fits the domain's sockbuf region is checked by the host.
+    socketBufferBytes: {
+      type: 'integer',
+      minimum: SOCKET_BUFFER_BYTES_REQUEST_MIN,
+      maximum: STREAM_BUFFER_BYTES_MAX,
+      multipleOf: PAGE_SIZE_BYTES,
     },
   },
 } as const;
@@ -183,6 +192,7 @@ export function buildControlApi(
       tenant?: string;
       programs?: { kind: string; params?: object; dataPages?: number }[];
       regionPages?: Record<string, number>;
+      socketBufferBytes?: number;
     };
     const memoryBytes =
       typeof body.memory === 'number' ? body.memory : parseBytes(body.memory, 'memory');
@@ -197,6 +207,7 @@ export function buildControlApi(
         dataPages: p.dataPages,
       })),
       regionPages: body.regionPages,
+      socketBufferBytes: body.socketBufferBytes,
     });
     return reply.code(201).send(summary);
   });

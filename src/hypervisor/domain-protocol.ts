@@ -25,7 +25,9 @@ export interface DomainIdentity {
  * thread at reservation time, so that at the end only the GuestState has to be handed over
  * (loading the guest kernel's code would otherwise add about a second to the downtime).
  */
-export type DomainStart = { kind: 'boot'; programs: ProgramSpec[] } | { kind: 'incoming' };
+export type DomainStart =
+  | { kind: 'boot'; programs: ProgramSpec[]; socketBufferBytes?: number }
+  | { kind: 'incoming' };
 
 /** `workerData` of a domain thread. */
 export interface DomainThreadData {

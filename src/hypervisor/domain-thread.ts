@@ -11,6 +11,7 @@ import type { ProgramFactory } from '../guest/program.ts';
 import { DirectoryDisk } from '../guest/shared-disk.ts';
 import { GuestMemory } from '../memory/guest-memory.ts';
 import { ipToU32 } from '../net/frame.ts';
+import { connSwarmFactory } from '../workloads/conn-swarm.ts';
 import { dirtierFactory } from '../workloads/dirtier.ts';
 import { mailServerFactory } from '../workloads/mail/mail-server.ts';
 import { mclientFactory } from '../workloads/mail/mclient.ts';
@@ -37,6 +38,7 @@ const factories = new Map<string, ProgramFactory>([
   [netbenchFactory.kind, netbenchFactory as ProgramFactory],
   [mailServerFactory.kind, mailServerFactory as ProgramFactory],
   [mclientFactory.kind, mclientFactory as ProgramFactory],
+  [connSwarmFactory.kind, connSwarmFactory as ProgramFactory],
 ]);
 
 const memory = GuestMemory.attach(data.memory);
@@ -73,6 +75,8 @@ const kernel = new GuestKernel({
       : {
           ip: data.identity.ip,
           seed: data.identity.domId,
+          // Boot only: a migrated domain's stack keeps the buffers it was cut with.
+          socketBufferBytes: data.start.kind === 'boot' ? data.start.socketBufferBytes : undefined,
           notifyBackend: () => {
             if (eventChannel.raise('toDom0')) post({ type: 'netTx' });
           },

@@ -14,6 +14,7 @@ import { type Clock, sleepMs } from '../core/clock.ts';
 import { describeError, InputError, isTestbedError } from '../core/errors.ts';
 import { formatBytes, PAGE_SIZE_BYTES } from '../core/units.ts';
 import type { ProgramSpec } from '../guest/kernel.ts';
+import { socketBufferPlan } from '../guest/netstack.ts';
 import { GuestMemory } from '../memory/guest-memory.ts';
 import { defaultLayout, type MemoryLayout, type RegionName } from '../memory/layout.ts';
 import { ChannelPagesTracker } from '../migration/channel-pages.ts';
@@ -104,6 +105,8 @@ export interface DomainCreateRequest {
   tenant?: string;
   programs?: ProgramSpec[];
   regionPages?: Partial<Record<RegionName, number>>;
+  /** Each socket buffer, per direction (see `socketBufferPlan`); default: a share of sockbuf. */
+  socketBufferBytes?: number;
 }
 
 export interface DomainSummary {
@@ -319,6 +322,7 @@ export class Host {
       );
     }
     const layout = defaultLayout(request.memoryBytes / PAGE_SIZE_BYTES, request.regionPages);
+    socketBufferPlan(layout, request.socketBufferBytes); // refused here, not as a boot failure
     this.checkMemory(request.name, request.memoryBytes);
     const memory = GuestMemory.create(layout);
     // Pre-touch outside every timed phase: first-touch faults cost 3.6 s/GiB here.
@@ -333,7 +337,7 @@ export class Host {
     const domain = await Domain.boot(
       identity,
       memory,
-      { kind: 'boot', programs },
+      { kind: 'boot', programs, socketBufferBytes: request.socketBufferBytes },
       this.log,
       this.diskDir(request.name),
     );

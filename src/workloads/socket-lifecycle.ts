@@ -31,7 +31,7 @@ export interface LifecycleOptions {
  * Connect errors worth another try: nobody listens yet, the peer is not reachable yet, or every
  * socket slot of our sockbuf region is still held by connections that are closing.
  */
-const RETRYABLE_CONNECT_ERRORS: ReadonlySet<string> = new Set([
+export const RETRYABLE_CONNECT_ERRORS: ReadonlySet<string> = new Set([
   'ECONNREFUSED',
   'EHOSTUNREACH',
   'ENOBUFS',
