@@ -14,6 +14,7 @@ import {
   encodeGuestState,
   encodeHeader,
   StreamDecoder,
+  tallyRecords,
 } from './codec.ts';
 import { MigrationError } from './errors.ts';
 
@@ -45,14 +46,16 @@ describe('CHANNEL_PAGES records', () => {
 
   it('decode between page batches, before and after the guest state', () => {
     const decoder = new StreamDecoder();
-    const records = [
+    const sent = [
       encodeHeader(),
       encodeDomainInfo(info),
       encodeChannelPages(pages),
       encodeGuestState(Uint8Array.of(1, 2, 3)),
       encodeChannelPages(pages.slice(0, 1)),
-      encodeEnd(),
-    ].flatMap((bytes) => decoder.push(bytes));
+    ];
+    const records = [...sent, encodeEnd(tallyRecords(sent))].flatMap((bytes) =>
+      decoder.push(bytes),
+    );
     const channel = records.filter((r) => r.type === 'channelPages');
     assert.deepEqual(
       channel.map((r) => (r.type === 'channelPages' ? r.pageCount : -1)),

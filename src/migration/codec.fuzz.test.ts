@@ -34,6 +34,7 @@ import {
   RECORD_HEADER_BYTES,
   recordBytes,
   StreamDecoder,
+  tallyRecords,
 } from './codec.ts';
 import { MigrationError, type MigrationErrorCode } from './errors.ts';
 import { MAX_ANY_RECORD_BODY_BYTES } from './limits.ts';
@@ -164,8 +165,13 @@ function validStream(scenario: Scenario): { records: Uint8Array[]; landed: Uint8
   if (channel.length > 0) records.push(encodeChannelPages(channel));
   for (const [i, pages] of scenario.precopy.entries()) batch(i + 1, pages);
   records.push(encodeGuestState(scenario.state));
-  for (const pages of scenario.final) batch(scenario.precopy.length + 1, pages);
-  records.push(encodeEnd());
+  // The final round's pages ascend across its batches, as a sender walks its dirty list.
+  const finalPages = [...new Set(scenario.final.flat())].sort((a, b) => a - b);
+  const finalBatchPages = Math.ceil(finalPages.length / Math.max(1, scenario.final.length));
+  for (let first = 0; first < finalPages.length; first += finalBatchPages) {
+    batch(scenario.precopy.length + 1, finalPages.slice(first, first + finalBatchPages));
+  }
+  records.push(encodeEnd(tallyRecords(records)));
   return { records, landed };
 }
 

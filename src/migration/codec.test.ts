@@ -27,6 +27,7 @@ import {
   RECORD_TYPE,
   recordBytes,
   StreamDecoder,
+  tallyRecords,
   ZERO_PAGE_CRC,
 } from './codec.ts';
 import { MigrationError, type MigrationErrorCode } from './errors.ts';
@@ -108,8 +109,14 @@ function forgeHeader(magic = STREAM_MAGIC, version = STREAM_VERSION): Uint8Array
   return forgeRecord(RECORD_TYPE.header, u32le(magic, version));
 }
 
+/** A body of the types that carry one: u32 crc32 of `payload`, then `payload`. */
+function withCrc(payload: Uint8Array): Uint8Array {
+  return concat([u32le(crc32(payload)), payload]);
+}
+
 function forgeDomainInfo(info: unknown): Uint8Array {
-  return forgeRecord(RECORD_TYPE.domainInfo, new TextEncoder().encode(JSON.stringify(info)));
+  const json = new TextEncoder().encode(JSON.stringify(info));
+  return forgeRecord(RECORD_TYPE.domainInfo, withCrc(json));
 }
 
 /** Reference PAGE_BATCH encoder; `pages[i]` null means a zero page. No validation. */
@@ -140,7 +147,11 @@ function randomPage(seed: number): Uint8Array {
 }
 
 const prefix = (): Uint8Array[] => [encodeHeader(), encodeDomainInfo(domainInfo())];
-const suffix = (): Uint8Array[] => [encodeGuestState(new Uint8Array([1, 2, 3])), encodeEnd()];
+/** HEADER, DOMAIN_INFO, `middle`, GUEST_STATE, and an END that counts them all. */
+const streamOf = (...middle: Uint8Array[]): Uint8Array[] => {
+  const records = [...prefix(), ...middle, encodeGuestState(new Uint8Array([1, 2, 3]))];
+  return [...records, encodeEnd(tallyRecords(records))];
+};
 
 /** A record in plain data, copied out of the decoder's views at once (their contract). */
 function snapshot(record: MigrationRecord): unknown {
@@ -302,9 +313,15 @@ describe('StreamDecoder round trip', () => {
         for (const [i, pages] of precopy.entries()) addBatch(i + 1, pages);
         parts.push(encodeGuestState(state));
         expected.push({ type: 'guestState', state });
-        for (const pages of final) addBatch(precopy.length + 1, pages);
-        parts.push(encodeEnd());
-        expected.push({ type: 'end' });
+        // The final round's pages ascend across its batches, as a sender walks its dirty list.
+        const finalPages = [...new Set(final.flat())].sort((a, b) => a - b);
+        const perBatch = Math.ceil(finalPages.length / Math.max(1, final.length));
+        for (let first = 0; first < finalPages.length; first += perBatch) {
+          addBatch(precopy.length + 1, finalPages.slice(first, first + perBatch));
+        }
+        const tally = tallyRecords(parts);
+        parts.push(encodeEnd(tally));
+        expected.push({ type: 'end', ...tally });
 
         const stream = concat(parts);
         const decoder = new StreamDecoder({ reuseBuffers });
@@ -332,8 +349,8 @@ describe('StreamDecoder round trip', () => {
       encodePageBatch(1, Uint32Array.from([0, 1, 2, 3, 4, 5, 6, 7]), memory).record,
       encodeGuestState(new Uint8Array([9, 8, 7, 6, 5])),
       encodePageBatch(2, Uint32Array.from([4, 6]), memory).record,
-      encodeEnd(),
     ];
+    parts.push(encodeEnd(tallyRecords(parts)));
     const stream = concat(parts);
     const decoder = new StreamDecoder();
     const records = feed(
@@ -358,7 +375,7 @@ describe('StreamDecoder round trip', () => {
     const first = encodePageBatch(1, Uint32Array.from([0]), memory).record;
     const second = encodePageBatch(1, Uint32Array.from([1]), memory).record;
     const head = concat(prefix()).length;
-    const stream = concat([...prefix(), first, second, ...suffix()]);
+    const stream = concat(streamOf(first, second));
     const decoder = new StreamDecoder({ reuseBuffers: true });
     const cuts = [head + 100, head + first.length + 100, head + first.length + 200];
     const records = feed(decoder, stream, cuts) as { data?: Uint8Array }[];
@@ -370,12 +387,14 @@ describe('StreamDecoder round trip', () => {
   it('assembles spanning full batches in two buffers used in turn when reuseBuffers is on', () => {
     const memory = randomMemory(17, MAX_BATCH_PAGES, new Set());
     const indices = Uint32Array.from({ length: MAX_BATCH_PAGES }, (_, i) => i);
-    const batch = encodePageBatch(1, indices, memory).record;
     const decoder = new StreamDecoder({ reuseBuffers: true, verifyPageChecksums: false });
     decoder.push(concat([encodeHeader(), encodeDomainInfo(domainInfo(MAX_BATCH_PAGES))]));
     // Record boundaries fall inside 1 MiB chunks, so each push that completes a record also
-    // starts the next: the buffers must alternate, and only two may exist.
-    const stream = concat([batch, batch, batch, batch]);
+    // starts the next: the buffers must alternate, and only two may exist. (Rounds 1 to 4:
+    // a round never sends a page twice.)
+    const stream = concat(
+      [1, 2, 3, 4].map((round) => encodePageBatch(round, indices, memory).record),
+    );
     const buffers: ArrayBufferLike[] = [];
     for (let offset = 0; offset < stream.length; offset += 1 << 20) {
       for (const record of decoder.push(stream.subarray(offset, offset + (1 << 20)))) {
@@ -392,7 +411,7 @@ describe('StreamDecoder round trip', () => {
   it('returns views of the chunk when a record arrives whole in one chunk', () => {
     const memory = randomMemory(6, PAGES, new Set());
     const batch = encodePageBatch(1, Uint32Array.from([0, 1]), memory).record;
-    const stream = concat([...prefix(), batch, ...suffix()]);
+    const stream = concat(streamOf(batch));
     const records = new StreamDecoder().push(stream);
     const pageBatch = records[2];
     assert.ok(pageBatch?.type === 'pageBatch');
@@ -402,11 +421,7 @@ describe('StreamDecoder round trip', () => {
 
   it('decodes records whose words are unaligned in the chunk', () => {
     const memory = randomMemory(7, PAGES, new Set([3]));
-    const stream = concat([
-      ...prefix(),
-      encodePageBatch(1, Uint32Array.from([2, 3, 4]), memory).record,
-      ...suffix(),
-    ]);
+    const stream = concat(streamOf(encodePageBatch(1, Uint32Array.from([2, 3, 4]), memory).record));
     for (const shift of [1, 2, 3]) {
       const shifted = new Uint8Array(stream.length + shift);
       shifted.set(stream, shift);
@@ -424,7 +439,7 @@ describe('StreamDecoder round trip', () => {
     const memory = randomMemory(8, PAGES, new Set());
     const batch = encodePageBatch(1, Uint32Array.from([0]), memory).record;
     batch[batch.length - 100]! ^= 0xff;
-    const stream = concat([...prefix(), batch, ...suffix()]);
+    const stream = concat(streamOf(batch));
     assert.equal(rejectCode([stream]), 'STREAM_CHECKSUM');
     const decoder = new StreamDecoder({ verifyPageChecksums: false });
     assert.equal(decoder.push(stream).length, 5);
@@ -440,8 +455,9 @@ describe('StreamDecoder rejects', () => {
     const batch = encodePageBatch(4, Uint32Array.from([0, 1, 5, 6, 40]), memory).record;
     const dataStart = 8 + pageBatchBodyBytes(5, 0);
     const dataEnd = 8 + pageBatchBodyBytes(5, 3);
+    const whole = streamOf(batch);
     const before = concat(prefix());
-    const after = concat(suffix());
+    const after = concat(whole.slice(prefix().length + 1));
     const random = new Random(7331);
     for (let position = 0; position < batch.length; position++) {
       if (position >= dataStart && position < dataEnd && (position - dataStart) % 37 !== 0) {
@@ -465,14 +481,14 @@ describe('StreamDecoder rejects', () => {
     const memory = randomMemory(10, PAGES, new Set());
     const batch = encodePageBatch(1, Uint32Array.from([0, 1]), memory).record;
     batch[batch.length - PAGE_SIZE_BYTES]! ^= 1;
-    assert.equal(rejectCode([...prefix(), batch, ...suffix()]), 'STREAM_CHECKSUM');
+    assert.equal(rejectCode(streamOf(batch)), 'STREAM_CHECKSUM');
   });
 
   it('batch metadata corrupted with STREAM_CHECKSUM', () => {
     const memory = randomMemory(11, PAGES, new Set());
     const batch = encodePageBatch(1, Uint32Array.from([0, 1]), memory).record;
     batch[8]! ^= 1; // the round
-    assert.equal(rejectCode([...prefix(), batch, ...suffix()]), 'STREAM_CHECKSUM');
+    assert.equal(rejectCode(streamOf(batch)), 'STREAM_CHECKSUM');
   });
 
   it('a zero page with a crc other than ZERO_PAGE_CRC with STREAM_CHECKSUM', () => {
@@ -482,16 +498,12 @@ describe('StreamDecoder rejects', () => {
     view.setUint32(8 + 16, 1234, true);
     const meta = batch.subarray(8 + 12, 8 + 12 + 9);
     view.setUint32(8 + 8, crc32(meta, crc32(batch.subarray(8, 16))), true);
-    assert.equal(rejectCode([...prefix(), batch, ...suffix()]), 'STREAM_CHECKSUM');
+    assert.equal(rejectCode(streamOf(batch)), 'STREAM_CHECKSUM');
   });
 
   it('a stream cut anywhere with STREAM_TRUNCATED at finish', () => {
     const memory = randomMemory(12, PAGES, new Set([0]));
-    const stream = concat([
-      ...prefix(),
-      encodePageBatch(1, Uint32Array.from([0, 1, 2]), memory).record,
-      ...suffix(),
-    ]);
+    const stream = concat(streamOf(encodePageBatch(1, Uint32Array.from([0, 1, 2]), memory).record));
     fc.assert(
       fc.property(fc.nat({ max: stream.length - 1 }), fc.nat(), (length, cut) => {
         const decoder = new StreamDecoder();
@@ -512,7 +524,7 @@ describe('StreamDecoder rejects', () => {
       [concat(prefix()), RECORD_TYPE.pageBatch, 0xffffffff],
       [concat(prefix()), RECORD_TYPE.guestState, MAX_GUEST_STATE_BYTES + 1],
       [afterState, RECORD_TYPE.pageBatch, MAX_RECORD_BODY_BYTES + 1],
-      [afterState, RECORD_TYPE.end, 8],
+      [afterState, RECORD_TYPE.end, 16],
     ];
     for (const [before, type, bodyLength] of cases) {
       const decoder = new StreamDecoder();
@@ -534,7 +546,7 @@ describe('StreamDecoder rejects', () => {
   it('a page index beyond the domain with STREAM_PAGE_RANGE', () => {
     const memory = randomMemory(13, 2 * PAGES, new Set());
     const batch = encodePageBatch(1, Uint32Array.from([1, PAGES]), memory).record;
-    assert.equal(rejectCode([...prefix(), batch, ...suffix()]), 'STREAM_PAGE_RANGE');
+    assert.equal(rejectCode(streamOf(batch)), 'STREAM_PAGE_RANGE');
   });
 
   it('page indices that do not strictly ascend with STREAM_ORDER', () => {
@@ -549,7 +561,7 @@ describe('StreamDecoder rejects', () => {
         indices,
         indices.map(() => page),
       );
-      assert.equal(rejectCode([...prefix(), batch, ...suffix()]), 'STREAM_ORDER');
+      assert.equal(rejectCode(streamOf(batch)), 'STREAM_ORDER');
     }
   });
 
@@ -557,8 +569,8 @@ describe('StreamDecoder rejects', () => {
     const header = forgeHeader();
     const info = forgeDomainInfo(domainInfo());
     const batch = forgeBatch(1, [0], [null]);
-    const state = forgeRecord(RECORD_TYPE.guestState, new Uint8Array(3));
-    const end = forgeRecord(RECORD_TYPE.end, new Uint8Array(0));
+    const state = forgeRecord(RECORD_TYPE.guestState, withCrc(new Uint8Array(3)));
+    const end = forgeRecord(RECORD_TYPE.end, u32le(3, 0)); // after header, info, state
     const streams = [
       [info],
       [batch],
@@ -573,9 +585,69 @@ describe('StreamDecoder rejects', () => {
     for (const parts of streams) assert.equal(rejectCode(parts), 'STREAM_ORDER');
   });
 
+  it('page batches reordered or repeated on the way with STREAM_ORDER', () => {
+    const memory = randomMemory(21, PAGES, new Set());
+    const batch = (round: number, pages: number[]) =>
+      encodePageBatch(round, Uint32Array.from(pages), memory).record;
+    const [r1a, r1b, r2] = [batch(1, [0, 1, 2]), batch(1, [5, 9]), batch(2, [1])];
+    assert.doesNotThrow(() => {
+      const decoder = new StreamDecoder();
+      decoder.push(concat(streamOf(r1a, r1b, r2)));
+      decoder.finish();
+    }, 'in order, the stream is valid');
+    for (const [what, middle] of [
+      ['a round goes back', [r1a, r2, r1b]],
+      ['batches of a round swapped', [r1b, r1a, r2]],
+      ['a batch repeated', [r1a, r1a, r1b, r2]],
+      ['the stream replayed', [r1a, r1b, r2, r1a]],
+    ] as const) {
+      assert.equal(rejectCode(streamOf(...middle)), 'STREAM_ORDER', what);
+    }
+  });
+
+  it('a record lost or added on the way with STREAM_TRUNCATED (END counts them)', () => {
+    const memory = randomMemory(22, PAGES, new Set());
+    const batches = [1, 2, 3].map(
+      (round) => encodePageBatch(round, Uint32Array.from([round, 10 + round]), memory).record,
+    );
+    const whole = streamOf(...batches);
+    const end = whole.at(-1)!;
+    for (const dropped of [2, 3, 4]) {
+      const parts = whole.filter((_, i) => i !== dropped);
+      assert.equal(rejectCode(parts), 'STREAM_TRUNCATED', `batch ${dropped} dropped`);
+    }
+    const noState = whole.filter((record) => record !== whole.at(-2));
+    assert.equal(rejectCode(noState), 'STREAM_ORDER', 'GUEST_STATE dropped: END too early');
+    const state = encodeGuestState(new Uint8Array([1, 2, 3]));
+    const extraState = [...whole.slice(0, -2), state, ...whole.slice(-2, -1), end];
+    assert.equal(rejectCode(extraState), 'STREAM_ORDER', 'a second GUEST_STATE');
+    const wrongCount = [...whole.slice(0, -1), encodeEnd({ records: 6, pages: 7 })];
+    assert.equal(rejectCode(wrongCount), 'STREAM_TRUNCATED', 'END counts a page too many');
+  });
+
+  it('a corrupted GUEST_STATE or DOMAIN_INFO byte with STREAM_CHECKSUM', () => {
+    const stateRecord = encodeGuestState(new Uint8Array([7, 7, 7, 7, 7]));
+    const infoRecord = encodeDomainInfo(domainInfo());
+    for (let position = 8; position < 8 + 4 + 5; position++) {
+      const corrupt = stateRecord.slice();
+      corrupt[position]! ^= 0x40;
+      const parts = [...prefix(), corrupt];
+      assert.equal(
+        rejectCode([...parts, encodeEnd(tallyRecords(parts))]),
+        'STREAM_CHECKSUM',
+        `GUEST_STATE byte ${position}`,
+      );
+    }
+    // A flip inside the JSON that keeps it valid JSON (a digit of the domain id).
+    const digit = Buffer.from(infoRecord).indexOf('"domId":') + 8;
+    const corrupt = infoRecord.slice();
+    corrupt[digit]! ^= 0x01;
+    assert.equal(rejectCode([encodeHeader(), corrupt]), 'STREAM_CHECKSUM', 'DOMAIN_INFO');
+  });
+
   it('a bad magic or version with STREAM_BAD_MAGIC or STREAM_BAD_VERSION', () => {
     assert.equal(rejectCode([forgeHeader(0x51455649)]), 'STREAM_BAD_MAGIC');
-    assert.equal(rejectCode([forgeHeader(STREAM_MAGIC, 2)]), 'STREAM_BAD_VERSION');
+    assert.equal(rejectCode([forgeHeader(STREAM_MAGIC, STREAM_VERSION + 1)]), 'STREAM_BAD_VERSION');
     assert.equal(rejectCode([forgeHeader(STREAM_MAGIC, 0)]), 'STREAM_BAD_VERSION');
   });
 
@@ -601,12 +673,13 @@ describe('StreamDecoder rejects', () => {
     const longer = concat([good, new Uint8Array(8)]);
     new DataView(longer.buffer).setUint32(4, good.length - 8 + 8, true);
     for (const batch of [badKind, lyingKind, empty, tooMany, short, tiny, longer]) {
-      assert.equal(rejectCode([...prefix(), batch, ...suffix()]), 'STREAM_MALFORMED');
+      assert.equal(rejectCode(streamOf(batch)), 'STREAM_MALFORMED');
     }
     // Kind padding is outside metaCrc: only the padding check catches it.
-    assert.equal(rejectCode([...prefix(), badPadding, ...suffix()]), 'STREAM_MALFORMED');
+    assert.equal(rejectCode(streamOf(badPadding)), 'STREAM_MALFORMED');
     const recordPadding = forgeRecord(RECORD_TYPE.guestState, new Uint8Array([1, 2, 3, 9]), 3);
-    assert.equal(rejectCode([...prefix(), recordPadding, encodeEnd()]), 'STREAM_MALFORMED');
+    const padded = [...prefix(), recordPadding];
+    assert.equal(rejectCode([...padded, encodeEnd(tallyRecords(padded))]), 'STREAM_MALFORMED');
   });
 
   it('bad headers and domain info with STREAM_MALFORMED', () => {
@@ -649,8 +722,16 @@ describe('StreamDecoder rejects', () => {
     for (const bad of badInfos) {
       assert.equal(rejectCode([header, forgeDomainInfo(bad)]), 'STREAM_MALFORMED');
     }
-    const notJson = forgeRecord(RECORD_TYPE.domainInfo, new TextEncoder().encode('{"name":'));
-    const notUtf8 = forgeRecord(RECORD_TYPE.domainInfo, new Uint8Array([0x7b, 0xff, 0x7d]));
+    const notJson = forgeRecord(
+      RECORD_TYPE.domainInfo,
+      withCrc(new TextEncoder().encode('{"name":')),
+    );
+    const notUtf8 = forgeRecord(
+      RECORD_TYPE.domainInfo,
+      withCrc(new Uint8Array([0x7b, 0xff, 0x7d])),
+    );
+    const noCrc = forgeRecord(RECORD_TYPE.domainInfo, new Uint8Array(3));
+    assert.equal(rejectCode([header, noCrc]), 'STREAM_MALFORMED', 'a body too short for its crc');
     assert.equal(rejectCode([header, notJson]), 'STREAM_MALFORMED');
     assert.equal(rejectCode([header, notUtf8]), 'STREAM_MALFORMED');
   });
@@ -722,11 +803,9 @@ describe('StreamDecoder fuzzing', () => {
 
   it('throws nothing but MigrationError when a valid stream is mutated', () => {
     const memory = randomMemory(14, PAGES, new Set([2]));
-    const stream = concat([
-      ...prefix(),
-      encodePageBatch(1, Uint32Array.from([0, 1, 2, 3]), memory).record,
-      ...suffix(),
-    ]);
+    const stream = concat(
+      streamOf(encodePageBatch(1, Uint32Array.from([0, 1, 2, 3]), memory).record),
+    );
     const mutation = fc.record({ position: fc.nat(), value: fc.integer({ min: 0, max: 255 }) });
     fc.assert(
       fc.property(fc.array(mutation, { minLength: 1, maxLength: 4 }), (mutations) => {

@@ -15,11 +15,12 @@
  *
  * | type | name        | body                                                          |
  * |------|-------------|---------------------------------------------------------------|
- * | 1    | HEADER      | u32 magic 'XMIG' (0x584d4947), u32 version (1)                |
- * | 2    | DOMAIN_INFO | UTF-8 JSON of `DomainInfo`                                    |
+ * | 1    | HEADER      | u32 magic 'XMIG' (0x584d4947), u32 version (2)                |
+ * | 2    | DOMAIN_INFO | u32 crc32 of the rest, UTF-8 JSON of `DomainInfo`             |
  * | 3    | PAGE_BATCH  | see below                                                     |
- * | 4    | GUEST_STATE | opaque bytes (a v8.serialize'd GuestState)                    |
- * | 5    | END         | empty                                                         |
+ * | 4    | GUEST_STATE | u32 crc32 of the rest, opaque bytes (a v8.serialize'd state)  |
+ * | 5    | END         | u32 records before END, u32 pages in all PAGE_BATCHes (mod 2^32) |
+ * | 6    | CHANNEL_PAGES | u32 pageCount, u32 crc32 of the data, pageCount x 4096 bytes |
  *
  * PAGE_BATCH body, for `count` pages of which `normal` are not all-zero:
  *
@@ -36,8 +37,12 @@
  * ```
  *
  * Legal record order: HEADER, DOMAIN_INFO, PAGE_BATCH*, GUEST_STATE, PAGE_BATCH*, END, nothing
- * more. Pages may follow the state because the final dirty pages of the paused guest are sent
- * alongside it.
+ * more (CHANNEL_PAGES anywhere between DOMAIN_INFO and END). Pages may follow the state because
+ * the final dirty pages of the paused guest are sent alongside it. Rounds never go back, and
+ * within a round page indices ascend across batches too (the sender walks each round's dirty
+ * list in order), so a reordered or repeated batch breaks the order; END's counts catch a
+ * record that went missing. The target resumes a domain only after a valid END, so none of
+ * these can leave it running on stale pages.
  *
  * Method and why:
  * - Zero pages travel as a flag, not 4 KiB (QEMU's `duplicate` pages, Xen's `XEN_DOMCTL_PFINFO`
@@ -141,7 +146,13 @@ export type MigrationRecord =
    * drops them: a channel never survives onto another host.
    */
   | { type: 'channelPages'; pageCount: number; data: Uint8Array }
-  | { type: 'end' };
+  | { type: 'end'; records: number; pages: number };
+
+/** What END says was sent before it: records of every type, and pages in PAGE_BATCHes. */
+export interface StreamTally {
+  records: number;
+  pages: number;
+}
 
 /** Record type codes on the wire. */
 export const RECORD_TYPE = {
@@ -167,6 +178,9 @@ const RECORD_TYPE_NAMES: Record<number, string> = {
 export const RECORD_HEADER_BYTES = 8;
 
 const HEADER_BODY_BYTES = 8;
+const END_BODY_BYTES = 8;
+/** The u32 crc32 that leads a DOMAIN_INFO or GUEST_STATE body. */
+const BODY_CRC_BYTES = 4;
 const KIND_NORMAL = 0;
 const KIND_ZERO = 1;
 
@@ -279,15 +293,21 @@ export function encodeDomainInfo(info: DomainInfo): Uint8Array {
   const problem = domainInfoProblem(info, MAX_DOMAIN_PAGES);
   assert.equal(problem, null, `encodeDomainInfo: invalid domain info: ${problem}`);
   const json = new TextEncoder().encode(JSON.stringify(info));
-  if (json.length > MAX_DOMAIN_INFO_BYTES) {
+  if (BODY_CRC_BYTES + json.length > MAX_DOMAIN_INFO_BYTES) {
     throw new MigrationError(
       'STREAM_RECORD_TOO_LARGE',
       `domain info of '${info.name}' is ${json.length} bytes of JSON, above the limit of ` +
-        `${MAX_DOMAIN_INFO_BYTES}: shorten its program descriptors`,
+        `${MAX_DOMAIN_INFO_BYTES - BODY_CRC_BYTES}: shorten its program descriptors`,
     );
   }
-  const record = allocateRecord(RECORD_TYPE.domainInfo, json.length);
-  record.set(json, RECORD_HEADER_BYTES);
+  return checksummedRecord(RECORD_TYPE.domainInfo, json);
+}
+
+/** A record whose body is a u32 crc32 of `payload`, then `payload`. */
+function checksummedRecord(type: number, payload: Uint8Array): Uint8Array {
+  const record = allocateRecord(type, BODY_CRC_BYTES + payload.length);
+  writeU32(record, RECORD_HEADER_BYTES, crc32(payload));
+  record.set(payload, RECORD_HEADER_BYTES + BODY_CRC_BYTES);
   return record;
 }
 
@@ -296,19 +316,17 @@ export function encodeDomainInfo(info: DomainInfo): Uint8Array {
  * `STREAM_RECORD_TOO_LARGE` above `MAX_GUEST_STATE_BYTES`.
  */
 export function encodeGuestState(state: Uint8Array): Uint8Array {
-  if (state.length > MAX_GUEST_STATE_BYTES) {
+  if (BODY_CRC_BYTES + state.length > MAX_GUEST_STATE_BYTES) {
     throw new MigrationError(
       'STREAM_RECORD_TOO_LARGE',
-      `guest state is ${state.length} bytes, above the limit of ${MAX_GUEST_STATE_BYTES}: ` +
-        'bulk data belongs in guest pages, not in the state of guest programs',
+      `guest state is ${state.length} bytes, above the limit of ` +
+        `${MAX_GUEST_STATE_BYTES - BODY_CRC_BYTES}: bulk data belongs in guest pages, not in ` +
+        'the state of guest programs',
     );
   }
-  const record = allocateRecord(RECORD_TYPE.guestState, state.length);
-  record.set(state, RECORD_HEADER_BYTES);
-  return record;
+  return checksummedRecord(RECORD_TYPE.guestState, state);
 }
 
-/** The END record: the source has sent everything; the target may resume the domain. */
 /** Builds a CHANNEL_PAGES record from whole pages (at most 1024). */
 export function encodeChannelPages(pages: readonly Uint8Array[]): Uint8Array {
   assert(
@@ -330,8 +348,27 @@ export function encodeChannelPages(pages: readonly Uint8Array[]): Uint8Array {
   return record;
 }
 
-export function encodeEnd(): Uint8Array {
-  return allocateRecord(RECORD_TYPE.end, 0);
+/**
+ * The END record: the source has sent everything (`tally`: what it sent before END); the
+ * target may resume the domain.
+ */
+export function encodeEnd(tally: StreamTally): Uint8Array {
+  const record = allocateRecord(RECORD_TYPE.end, END_BODY_BYTES);
+  writeU32(record, RECORD_HEADER_BYTES, tally.records);
+  writeU32(record, RECORD_HEADER_BYTES + 4, tally.pages >>> 0);
+  return record;
+}
+
+/**
+ * Counts encoded records the way END does (records, and pages of PAGE_BATCHes), for a sender
+ * or a test that holds its records: `encodeEnd(tallyRecords(records))`.
+ */
+export function tallyRecords(records: readonly Uint8Array[]): StreamTally {
+  let pages = 0;
+  for (const record of records) {
+    if (readU32(record, 0) === RECORD_TYPE.pageBatch) pages += readU32(record, 8 + 4);
+  }
+  return { records: records.length, pages: pages >>> 0 };
 }
 
 /**
@@ -559,7 +596,7 @@ const MAX_BODY_BYTES: Record<number, number> = {
   [RECORD_TYPE.domainInfo]: MAX_DOMAIN_INFO_BYTES,
   [RECORD_TYPE.pageBatch]: MAX_RECORD_BODY_BYTES,
   [RECORD_TYPE.guestState]: MAX_GUEST_STATE_BYTES,
-  [RECORD_TYPE.end]: 0,
+  [RECORD_TYPE.end]: END_BODY_BYTES,
   [RECORD_TYPE.channelPages]: 8 + MAX_BATCH_PAGES * PAGE_SIZE_BYTES,
 };
 
@@ -633,6 +670,11 @@ export class StreamDecoder {
   private lentBuffer = -1;
   private phase: DecoderPhase = 'header';
   private domainPageCount: number | null = null;
+  /** The last PAGE_BATCH's round and its last page: the next batch must come after them. */
+  private lastRound = -1;
+  private lastPageOfRound = -1;
+  /** Pages in the PAGE_BATCHes so far (mod 2^32), for END's count. */
+  private pagesSeen = 0;
   /** The first error thrown; once set, the decoder is dead and rethrows it. */
   private failure: unknown = null;
 
@@ -901,19 +943,55 @@ export class StreamDecoder {
       case RECORD_TYPE.header:
         return this.decodeHeader(bytes, start);
       case RECORD_TYPE.domainInfo:
-        return this.decodeDomainInfo(bytes.subarray(start, bodyEnd));
+        return this.decodeDomainInfo(this.checkedPayload(bytes.subarray(start, bodyEnd)));
       case RECORD_TYPE.pageBatch:
         return this.decodePageBatch(bytes, start);
-      case RECORD_TYPE.guestState:
+      case RECORD_TYPE.guestState: {
+        const state = this.checkedPayload(bytes.subarray(start, bodyEnd));
         this.phase = 'afterState';
-        return { type: 'guestState', state: bytes.subarray(start, bodyEnd) };
+        return { type: 'guestState', state };
+      }
       case RECORD_TYPE.channelPages:
         return this.decodeChannelPages(bytes, start);
       default:
         assert.equal(this.recordType, RECORD_TYPE.end);
-        this.phase = 'ended';
-        return { type: 'end' };
+        return this.decodeEnd(bytes, start);
     }
+  }
+
+  /** A DOMAIN_INFO or GUEST_STATE body: its leading crc32 checked, the payload after it. */
+  private checkedPayload(body: Uint8Array): Uint8Array {
+    const name = RECORD_TYPE_NAMES[this.recordType];
+    if (body.length < BODY_CRC_BYTES) {
+      throw this.error('STREAM_MALFORMED', `${name} body of ${body.length} bytes has no crc`);
+    }
+    const payload = body.subarray(BODY_CRC_BYTES);
+    if (crc32(payload) !== readU32(body, 0)) {
+      throw this.error('STREAM_CHECKSUM', `${name} failed its CRC-32 check`);
+    }
+    return payload;
+  }
+
+  /** END: what the source says it sent must be what arrived. */
+  private decodeEnd(bytes: Uint8Array, start: number): MigrationRecord {
+    if (this.bodyLength !== END_BODY_BYTES) {
+      throw this.error(
+        'STREAM_MALFORMED',
+        `END body is ${this.bodyLength} bytes, expected ${END_BODY_BYTES}`,
+      );
+    }
+    const records = readU32(bytes, start);
+    const pages = readU32(bytes, start + 4);
+    const recordsSeen = this.recordCount - 1;
+    if (records !== recordsSeen || pages !== this.pagesSeen) {
+      throw this.error(
+        'STREAM_TRUNCATED',
+        `END says ${records} records with ${pages} pages were sent, ${recordsSeen} records ` +
+          `with ${this.pagesSeen} pages arrived: records were lost or added in transit`,
+      );
+    }
+    this.phase = 'ended';
+    return { type: 'end', records, pages };
   }
 
   /** CHANNEL_PAGES body: u32 pageCount | u32 crc32 of the data | pageCount x 4096 bytes. */
@@ -1091,7 +1169,17 @@ export class StreamDecoder {
     }
     const pageIndices = readU32Array(bytes, indicesOffset, count);
     const pageCrcs = readU32Array(bytes, indicesOffset + 4 * count, count);
-    this.checkPageIndices(pageIndices);
+    if (round < this.lastRound) {
+      throw this.error(
+        'STREAM_ORDER',
+        `a PAGE_BATCH of round ${round} after one of round ${this.lastRound}: rounds never ` +
+          'go back (records reordered in transit?)',
+      );
+    }
+    this.checkPageIndices(pageIndices, round === this.lastRound ? this.lastPageOfRound : -1);
+    this.lastRound = round;
+    if (count > 0) this.lastPageOfRound = pageIndices[count - 1]!;
+    this.pagesSeen = (this.pagesSeen + count) >>> 0;
     for (let i = 0; i < count; i++) {
       if (zero[i] === KIND_ZERO && pageCrcs[i] !== ZERO_PAGE_CRC) {
         this.throwPageCrc(pageIndices[i]!, i, ZERO_PAGE_CRC, pageCrcs[i]!);
@@ -1235,9 +1323,9 @@ export class StreamDecoder {
     return kinds.length - zeroPages;
   }
 
-  private checkPageIndices(pageIndices: Uint32Array): void {
+  /** Indices in range and ascending, after `previous` (the round's last page so far, or -1). */
+  private checkPageIndices(pageIndices: Uint32Array, previous: number): void {
     const pageCount = this.domainPageCount!;
-    let previous = -1;
     for (let i = 0; i < pageIndices.length; i++) {
       const pageIndex = pageIndices[i]!;
       if (pageIndex >= pageCount) {
@@ -1251,7 +1339,7 @@ export class StreamDecoder {
         throw this.error(
           'STREAM_ORDER',
           `page index ${pageIndex} at batch position ${i} follows ${previous}: indices ` +
-            'within a batch must be strictly ascending',
+            'within a round must be strictly ascending (records reordered or repeated?)',
         );
       }
       previous = pageIndex;

@@ -29,7 +29,10 @@ export type MigrationErrorCode =
   | 'STREAM_PAGE_RANGE'
   /** Records in an illegal order, or page indices not ascending within a batch. */
   | 'STREAM_ORDER'
-  /** The input ended in the middle of a record or before the END record. */
+  /**
+   * The input ended in the middle of a record or before the END record, or END counts records
+   * or pages that did not arrive.
+   */
   | 'STREAM_TRUNCATED'
   /** The migration was cancelled (AbortSignal, policy abort, or the peer gave up). */
   | 'MIGRATION_ABORTED'

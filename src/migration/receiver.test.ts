@@ -92,7 +92,9 @@ describe('StreamDecoder landing pages in guest memory', () => {
   const source = sourceMemory(ZERO);
   const prefix = concat([encodeHeader(), encodeDomainInfo(domainInfo())]);
   const batch = encodePageBatch(4, Uint32Array.from(BATCH), source.bytes).record;
-  const rest = concat([batch, encodeGuestState(new Uint8Array([9, 9])), encodeEnd()]);
+  const state = encodeGuestState(new Uint8Array([9, 9]));
+  // HEADER, DOMAIN_INFO, the batch and the state come before END.
+  const rest = concat([batch, state, encodeEnd({ records: 4, pages: BATCH.length })]);
 
   /** A decoder past DOMAIN_INFO landing in fresh target memory full of 0xee. */
   function landingDecoder(): { decoder: StreamDecoder; target: Uint8Array } {
@@ -239,12 +241,9 @@ function body(memory: GuestMemory, corruptPage?: number): Uint8Array {
     Uint32Array.from({ length: PAGES - 8 }, (_, i) => i + 8),
     memory.bytes,
   );
-  const stream = concat([
-    first.record,
-    second.record,
-    encodeGuestState(new Uint8Array([1, 2, 3])),
-    encodeEnd(),
-  ]);
+  const records = [first.record, second.record, encodeGuestState(new Uint8Array([1, 2, 3]))];
+  // HEADER and DOMAIN_INFO came before.
+  const stream = concat([...records, encodeEnd({ records: 2 + records.length, pages: PAGES })]);
   if (corruptPage !== undefined) {
     // Pages 8.. are in the second batch, all normal; flip a byte in the middle of the page.
     const secondData = first.record.length + second.record.length - (PAGES - 8) * PAGE_SIZE_BYTES;

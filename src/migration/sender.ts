@@ -25,6 +25,7 @@ import {
   encodePageBatch,
   pageBatchBodyBytes,
   recordBytes,
+  type StreamTally,
 } from './codec.ts';
 import { MigrationError } from './errors.ts';
 import { MAX_BATCH_PAGES } from './limits.ts';
@@ -114,8 +115,12 @@ export async function sendMigration(
   init: SenderInit,
 ): Promise<MigrationStats> {
   const { clock, reader } = components;
-  const send = (chunk: Uint8Array): Promise<void> =>
-    withStallTimeout(components.send(chunk), components.stallTimeoutMs);
+  // What END will say was sent before it: every record (one per `send`), and batch pages.
+  const tally: StreamTally = { records: 0, pages: 0 };
+  const send = (record: Uint8Array): Promise<void> => {
+    tally.records++;
+    return withStallTimeout(components.send(record), components.stallTimeoutMs);
+  };
   const { domain, policy } = init;
   const memory = domain.memory;
   const vmemPages = memory.pageCount;
@@ -176,6 +181,7 @@ export async function sendMigration(
       const encoded = encodePageBatch(round, batch, memory.bytes, { into });
       if (inFlight) await inFlight;
       inFlight = send(encoded.record);
+      tally.pages += batch.length;
       result.pagesSent += batch.length;
       result.zeroPages += encoded.zeroPages;
       result.bytesOnWire += encoded.record.byteLength;
@@ -263,7 +269,7 @@ export async function sendMigration(
     let resumed: Record<string, unknown>;
     try {
       await send(encodeGuestState(guestState));
-      await send(encodeEnd());
+      await send(encodeEnd(tally));
       resumed = await reader.next(
         Math.min(RESUME_TIMEOUT_MS, components.stallTimeoutMs),
         'resumed notice',
