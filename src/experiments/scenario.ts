@@ -12,11 +12,11 @@ import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { InputError } from '../core/errors.ts';
+import { IPV4 } from '../core/ipv4.ts';
 import { parseBandwidth, parseBytes } from '../core/units.ts';
 import { XENVMC_MODES, type XenvmcMode } from '../xenvmc/protocol.ts';
 
 const NAME = /^[a-z][a-z0-9-]{0,31}$/;
-const IPV4 = /^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/;
 
 /** A size such as `1GiB`, `3MB` or a number of bytes. */
 const size = z.union([z.number().int().nonnegative(), z.string()]).transform((value, context) => {

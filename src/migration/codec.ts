@@ -76,6 +76,7 @@
  */
 import assert from 'node:assert/strict';
 import { crc32 } from 'node:zlib';
+import { IPV4 } from '../core/ipv4.ts';
 import { PAGE_SHIFT, PAGE_SIZE_BYTES } from '../core/units.ts';
 import { copyBytes } from '../memory/guest-memory.ts';
 import { MAX_DOMAIN_PAGES, type MemoryLayout, REGION_NAMES } from '../memory/layout.ts';
@@ -547,8 +548,9 @@ function layoutProblem(layout: unknown, pageCount: number): string | null {
 /** Why `info` is not a valid `DomainInfo`, or null when it is. Shared by encoder and decoder. */
 function domainInfoProblem(info: unknown, maxPageCount: number): string | null {
   if (!isPlainObject(info)) return 'domain info is not a JSON object';
-  if (typeof info.name !== 'string' || info.name.length === 0) {
-    return 'name must be a non-empty string';
+  // The same rules as a domain created through the control API: a target applies them again.
+  if (typeof info.name !== 'string' || info.name.length === 0 || info.name.length > 64) {
+    return 'name must be a string of 1 to 64 characters';
   }
   if (!isCount(info.domId, 0, 0xffffffff)) {
     return `domId ${String(info.domId)} must be an integer >= 0`;
@@ -556,16 +558,26 @@ function domainInfoProblem(info: unknown, maxPageCount: number): string | null {
   if (!isCount(info.pageCount, 1, maxPageCount)) {
     return `pageCount ${String(info.pageCount)} must be an integer in 1..${maxPageCount}`;
   }
-  if (info.ip !== null && typeof info.ip !== 'string') return 'ip must be a string or null';
-  if (typeof info.tenant !== 'string') return 'tenant must be a string';
+  if (info.ip !== null && (typeof info.ip !== 'string' || !IPV4.test(info.ip))) {
+    return 'ip must be an IPv4 address or null';
+  }
+  if (typeof info.tenant !== 'string' || info.tenant.length === 0 || info.tenant.length > 64) {
+    return 'tenant must be a string of 1 to 64 characters';
+  }
   if (info.routes !== undefined) {
     const routes = info.routes;
     if (!Array.isArray(routes) || routes.length > MAX_DOMAIN_INFO_ROUTES) {
       return `routes must be an array of at most ${MAX_DOMAIN_INFO_ROUTES} entries`;
     }
     for (const route of routes) {
-      if (!isPlainObject(route) || typeof route.ip !== 'string' || typeof route.link !== 'string') {
-        return 'every route must be { ip: string, link: string }';
+      if (
+        !isPlainObject(route) ||
+        typeof route.ip !== 'string' ||
+        !IPV4.test(route.ip) ||
+        typeof route.link !== 'string' ||
+        route.link.length > 300
+      ) {
+        return 'every route must be { ip: an IPv4 address, link: host:port }';
       }
     }
   }
