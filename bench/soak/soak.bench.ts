@@ -8,9 +8,10 @@
  * Figures: migrations completed and failed; connections open at the peak and at the lowest
  * sample during the loop (all must stay open); bytes verified against bytes expected, with
  * bytes lost or duplicated (any is a failure: the bench throws after printing its figures);
- * each host's peak resident memory (VmHWM) against the most domain memory it held; and both
- * hosts' resident memory at the end of the loop against its start (a leak shows as a ratio
- * that grows with the duration).
+ * each host's peak resident memory (VmHWM) against the most domain memory it held; XENVMC
+ * grants and event channels released against created once every stream ended (any left live
+ * is a leak); and both hosts' resident memory at the end of the loop against its start (a
+ * leak shows as a ratio that grows with the duration).
  *
  * Domains ask for 16 KiB socket buffers (`socketBufferBytes`, as Linux's initial TCP buffers):
  * with the default 256 KiB a 32 MiB domain has 8 socket slots, with 16 KiB 128.
@@ -60,8 +61,18 @@ function soakMode(): XenvmcMode {
 
 interface HostView {
   memoryUsedBytes: number;
-  xenvmc: { grantsLive: number };
+  xenvmc: {
+    grantsLive: number;
+    grantsCreated: number;
+    grantsReleased: number;
+    evtchnsLive: number;
+    evtchnsCreated: number;
+    evtchnsReleased: number;
+  };
 }
+
+/** How long the channels of finished streams may take to be torn down after the soak. */
+const TEARDOWN_WAIT_MS = 20_000;
 
 /** Sums of the swarms' figures over a set of domains. */
 function total(stats: ConnSwarmStats[], key: keyof ConnSwarmStats): number {
@@ -121,11 +132,7 @@ export const soak: Benchmark = {
       await Promise.all(range.map((p) => create(`s${p}`, p, 'server')));
       // No connection opens before this, so none closes before `lifetimeEndsAt`.
       const clientsStart = performance.now();
-      // One client at a time: a client kicks netfront while it boots, and kicks that reach Dom0
-      // before the bridge attaches the domain are lost; with many boots at once Dom0 attaches
-      // late, the TX ring fills with SYN retransmits and the client never kicks again (see the
-      // soak's report: a bridge bug, not the guest's).
-      for (const p of range) await create(`c${p}`, p, 'client');
+      await Promise.all(range.map((p) => create(`c${p}`, p, 'client')));
       const names = range.flatMap((p) => [`s${p}`, `c${p}`]);
 
       const swarmStats = (name: string): Promise<ConnSwarmStats> =>
@@ -212,6 +219,25 @@ export const soak: Benchmark = {
       for (const name of names) {
         if ((await domainStatus(where.get(name)!, name)) !== 'running') failed++;
       }
+      // Every stream ended and closed its socket: every channel's grant and event channel must
+      // be released on both hosts (a leak shows here, and as grants growing during the loop).
+      const held = async () => {
+        const sum = { grants: 0, evtchns: 0, created: 0, released: 0 };
+        for (const host of [h1, h2]) {
+          const { xenvmc } = await host.client.get<HostView>('/v1/host');
+          sum.grants += xenvmc.grantsLive;
+          sum.evtchns += xenvmc.evtchnsLive;
+          sum.created += xenvmc.grantsCreated + xenvmc.evtchnsCreated;
+          sum.released += xenvmc.grantsReleased + xenvmc.evtchnsReleased;
+        }
+        return sum;
+      };
+      let left = await held();
+      const teardownDeadline = performance.now() + TEARDOWN_WAIT_MS;
+      while (left.grants + left.evtchns > 0 && performance.now() < teardownDeadline) {
+        await sleepMs(500);
+        left = await held();
+      }
       const expected = 2 * wanted * bytesPerConnection;
       const verified = total(stats, 'bytesVerified');
       const mismatched = total(stats, 'mismatchedBytes');
@@ -268,6 +294,17 @@ export const soak: Benchmark = {
             notes: `up to ${grantsPeak} live channel grants on both hosts (2 FIFOs of 1 MiB each, outside domain memory)`,
           }),
         ),
+        {
+          name: 'channel grants + event channels released / created, after every stream ended',
+          // Mode off creates none: shown as 1 of 1.
+          value: Math.max(left.released, left.created === 0 ? 1 : 0),
+          baseline: Math.max(left.created, 1),
+          unit: 'entries',
+          ratio: left.created === 0 ? 1 : left.released / left.created,
+          target: '= 1 (none left live)',
+          pass: left.grants + left.evtchns === 0,
+          notes: `${left.grants} grants and ${left.evtchns} event channels still live on both hosts; up to ${grantsPeak} grants live during the loop`,
+        },
         {
           name: 'RSS of both hosts: end of the loop / start of the loop',
           value: rssAtEnd / MIB,

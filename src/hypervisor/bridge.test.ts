@@ -143,4 +143,16 @@ describe('Bridge', () => {
     bridge.detach(b, { link: '127.0.0.1:7002' });
     assert.deepEqual(a.moved, [ipToU32('10.77.0.2')], 'a heard that b moved');
   });
+
+  it('drains frames a domain queued before it was attached (its kick reached nobody)', () => {
+    // A booting guest kicks netfront before Dom0 attaches it; the pending bit folds its later
+    // kicks into that lost one, and once the TX ring is full it never kicks again.
+    const { bridge, a } = setup();
+    const late = new FakeEndpoint('late', '10.77.0.3');
+    for (let i = 0; i < late.tx.slotCount; i++) late.send(frame('10.77.0.3', '10.77.0.1'));
+    assert.equal(late.tx.free, 0, 'the TX ring is full before the attach');
+    bridge.attach(late);
+    assert.equal(late.tx.free, late.tx.slotCount, 'attaching drained the TX ring');
+    assert.ok(a.rx.popMany().length > 0, 'the queued frames reached their target');
+  });
 });

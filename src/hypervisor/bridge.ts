@@ -104,6 +104,12 @@ export class Bridge {
     this.ports.set(domain, port);
     this.routes.set(port.ip, { kind: 'local', port });
     domain.onNetTx = () => this.service(port);
+    // Kicks that came before this reached the no-op `onNetTx` and were lost; the pending bit
+    // folded the guest's later kicks into them, and a guest whose TX ring filled meanwhile
+    // never kicks again (a booting client's SYN retransmits did, with many boots at once).
+    // So look at the ring once now. A domain not running yet (restored by a migration) is
+    // looked at when it resumes (`kick`).
+    this.service(port);
   }
 
   /** Disconnects a domain (destroyed, or migrated away: then `moved` says where it went). */

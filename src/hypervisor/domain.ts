@@ -4,6 +4,7 @@
  * <-> paused -> destroyed. A crashed guest program halts the domain, never the host.
  */
 import { type MessagePort, Worker } from 'node:worker_threads';
+import { describeError } from '../core/errors.ts';
 import type { GuestMemory } from '../memory/guest-memory.ts';
 import type { XenvmcCall } from '../xenvmc/protocol.ts';
 import type {
@@ -101,7 +102,15 @@ export class Domain {
       let ready = false;
       worker.on('message', (message: DomainReply | DomainEvent) => {
         if (message.type === 'xenvmc') {
-          domain.onHypercall(message);
+          // Thrown here, an error would leave the worker's message listener and end the host
+          // process: one guest's hypercall must never do that.
+          try {
+            domain.onHypercall(message);
+          } catch (error) {
+            log(
+              `dom${identity.domId} ${identity.name}: hypercall #${message.id} failed: ${describeError(error)}`,
+            );
+          }
           return;
         }
         if (!('id' in message)) {
@@ -175,6 +184,7 @@ export class Domain {
     if (reply.type !== 'resumed') throw this.unexpected(reply);
     this.guestRunning = true;
     if (this.status === 'paused' || this.status === 'migrating') this.status = 'running';
+    this.serviceRingsOnce();
   }
 
   /**
@@ -188,6 +198,17 @@ export class Domain {
     if (reply.type !== 'resumed') throw this.unexpected(reply);
     this.guestRunning = true;
     this.status = 'running';
+    this.serviceRingsOnce();
+  }
+
+  /**
+   * Netback looks at the TX ring once the guest runs again. The guest kicks as it resumes,
+   * before its `resumed` reply, while netback may not touch its rings yet: that kick is spent,
+   * and the pending bit folds later kicks into it, so a guest that filled its TX ring then
+   * (every stream resending after a migration) would never be serviced again.
+   */
+  private serviceRingsOnce(): void {
+    this.onNetTx();
   }
 
   async sync(): Promise<void> {

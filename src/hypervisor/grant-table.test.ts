@@ -218,6 +218,21 @@ describe('GrantTable', () => {
     closeAll([endpoint, peerEnd]);
   });
 
+  it('refuses a bind once the owner closed the channel (what a late bind must get)', () => {
+    // The guest module closes its own end only after this close is answered, so a bind still
+    // on its way finds no channel instead of an end whose partner is gone.
+    const table = new GrantTable();
+    const { port, endpoint } = table.evtchnAlloc(alice1, alice2);
+    assert.equal(table.evtchnClose(port, alice1), 'freed', 'the owner closes it');
+    assert.throws(
+      () => table.evtchnBind(alice2, 1, port),
+      refusedWith('XENVMC_NOT_GRANTED'),
+      'the late bind is refused with the error the guest handles',
+    );
+    assert.equal(table.counters.evtchnsLive, 0, 'no event channel is left');
+    closeAll([endpoint]);
+  });
+
   it('connects the two ends of an event channel', async () => {
     const table = new GrantTable();
     const { port, endpoint } = table.evtchnAlloc(alice1, alice2);

@@ -34,7 +34,7 @@ import type { DomainIdentity } from './domain-protocol.ts';
 import { HypervisorError } from './errors.ts';
 import { FramesLinks } from './frames-link.ts';
 import { type ChannelPolicy, GrantTable, type GrantTableCounters } from './grant-table.ts';
-import { answerHypercall } from './hypercalls.ts';
+import { serveHypercall } from './hypercalls.ts';
 import {
   LINK_TEST_BYTES_MAX,
   type LinkTestResult,
@@ -835,10 +835,12 @@ export class Host {
       findPeer: (domId: number) => this.residentById(domId),
       log: this.log,
     };
-    domain.onHypercall = (call) => {
-      const { reply, transfer } = answerHypercall(components, domain.identity, call);
-      domain.post(reply, transfer);
-    };
+    // serveHypercall never throws: an answer that cannot be posted (an event-channel end
+    // detached meanwhile) becomes an error reply and a log line, never the host's exit.
+    domain.onHypercall = (call) =>
+      serveHypercall(components, domain.identity, call, (reply, transfer) =>
+        domain.post(reply, transfer),
+      );
   }
 
   private residentById(domId: number): Domain | null {

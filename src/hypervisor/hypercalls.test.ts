@@ -5,8 +5,9 @@
  * `GrantTable` with fake peers (no worker threads).
  */
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { describe, it } from 'node:test';
-import type { MessagePort } from 'node:worker_threads';
+import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
 import type {
   ChannelKey,
   XenvmcCall,
@@ -14,7 +15,7 @@ import type {
   XenvmcReply,
 } from '../xenvmc/protocol.ts';
 import { type DomainRef, GrantTable } from './grant-table.ts';
-import { answerHypercall, type HypercallPeer } from './hypercalls.ts';
+import { answerHypercall, type HypercallPeer, serveHypercall } from './hypercalls.ts';
 
 const key: ChannelKey = {
   offererIp: 1,
@@ -26,6 +27,7 @@ const key: ChannelKey = {
 
 function setUp(): {
   call: (self: DomainRef, call: XenvmcCall) => { reply: XenvmcReply; transfer: MessagePort[] };
+  components: Parameters<typeof answerHypercall>[0];
   inbox: Map<number, XenvmcMessageNotice[]>;
   grants: GrantTable;
   doms: Record<'a' | 'b' | 'x', DomainRef>;
@@ -56,6 +58,7 @@ function setUp(): {
   };
   return {
     call: (self, call) => answerHypercall(components, self, call),
+    components,
     inbox,
     grants,
     doms,
@@ -143,7 +146,7 @@ describe('answerHypercall', () => {
 
   it('relays control messages to a co-resident domain of the same tenant only', () => {
     const { call, inbox, doms } = setUp();
-    const message = { kind: 'ready', key } as const;
+    const message = { kind: 'ready', key, port: 1 } as const;
     okReply(
       call(doms.a, { type: 'xenvmc', id: 12, op: 'send', peerDomId: 2, message }).reply,
       'send to b',
@@ -167,5 +170,78 @@ describe('answerHypercall', () => {
     const broken = { type: 'xenvmc', id: 16, op: 'map', grantRef: 1 } as unknown as XenvmcCall;
     assert.equal(denial(call(doms.a, broken).reply), 'XENVMC_NOT_GRANTED', 'no such grant');
     assert.equal(logged.length, 0, 'refusals are answers, not failures to log');
+  });
+});
+
+describe('serveHypercall', () => {
+  it('answers a bind whose owner closed its end with NOT_GRANTED instead of throwing', async () => {
+    const { call, components, grants, doms, logged } = setUp();
+    const allocated = okReply(
+      call(doms.a, { type: 'xenvmc', id: 20, op: 'evtchnAlloc', peerDomId: 2 }).reply,
+      'evtchnAlloc',
+    );
+    // The owner's end goes to a guest thread, which closes it and then says so: from then on
+    // the end Dom0 keeps for the peer is detached (closing happens-before that message).
+    const owner = new Worker(
+      `const { parentPort } = require('node:worker_threads');
+       parentPort.once('message', ({ end }) => { end.close(); parentPort.postMessage('closed'); });`,
+      { eval: true },
+    );
+    owner.postMessage({ end: allocated.endpoint }, [allocated.endpoint!]);
+    await once(owner, 'message');
+    await owner.terminate();
+    const guestPort = new MessageChannel();
+    const post = (reply: XenvmcReply, transfer: MessagePort[]) =>
+      guestPort.port1.postMessage(reply, transfer);
+    const bind: XenvmcCall = {
+      type: 'xenvmc',
+      id: 21,
+      op: 'evtchnBind',
+      peerDomId: 1,
+      port: allocated.port!,
+    };
+    // What the host did before: post the answer as it is. That throws, in the worker's
+    // message listener, and ended the host process.
+    const answer = answerHypercall(components, doms.b, bind);
+    assert.throws(
+      () => post(answer.reply, answer.transfer),
+      /detached/,
+      'the detached end cannot be posted',
+    );
+    const replies: XenvmcReply[] = [];
+    guestPort.port2.on('message', (reply: XenvmcReply) => replies.push(reply));
+    const again: XenvmcCall = { ...bind, id: 22 };
+    // The entry is marked bound by the first try: a fresh channel shows serveHypercall alone.
+    const second = okReply(
+      call(doms.a, { type: 'xenvmc', id: 23, op: 'evtchnAlloc', peerDomId: 2 }).reply,
+      'second evtchnAlloc',
+    );
+    const owner2 = new Worker(
+      `const { parentPort } = require('node:worker_threads');
+       parentPort.once('message', ({ end }) => { end.close(); parentPort.postMessage('closed'); });`,
+      { eval: true },
+    );
+    owner2.postMessage({ end: second.endpoint }, [second.endpoint!]);
+    await once(owner2, 'message');
+    await owner2.terminate();
+    assert.doesNotThrow(
+      () => serveHypercall(components, doms.b, { ...again, port: second.port! }, post),
+      'serveHypercall never throws',
+    );
+    await once(guestPort.port2, 'message');
+    guestPort.port1.close();
+    assert.equal(replies.length, 1, 'the binder got one answer');
+    assert.equal(replies[0]!.id, 22, 'for its call');
+    assert.equal(denial(replies[0]!), 'XENVMC_NOT_GRANTED', 'the refusal a guest already handles');
+    assert.ok(
+      logged.some((line) => line.includes('could not be posted')),
+      `the failure is logged: ${JSON.stringify(logged)}`,
+    );
+    // The first channel's owner still closes it; the second was dropped with the failed bind.
+    okReply(
+      call(doms.a, { type: 'xenvmc', id: 24, op: 'evtchnClose', port: allocated.port! }).reply,
+      'owner closes the first channel',
+    );
+    assert.equal(grants.counters.evtchnsLive, 0, 'no event channel left behind');
   });
 });

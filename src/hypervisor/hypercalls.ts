@@ -3,7 +3,8 @@
  * grant table, the event channels, and the message manager's relay to a co-resident domain.
  *
  * Method: one function from a call to a reply and the ports to transfer with it; refusals are
- * replies too, so a guest never sees Dom0 throw. The host supplies the table and a way to find
+ * replies too, so a guest never sees Dom0 throw; `serveHypercall` also posts the reply and
+ * turns a failure to post it into an error reply. The host supplies the table and a way to find
  * a co-resident domain; nothing here touches a worker, so it is tested without one.
  */
 import type { MessagePort } from 'node:worker_threads';
@@ -59,6 +60,60 @@ export function answerHypercall(
       },
       transfer: [],
     };
+  }
+}
+
+/**
+ * Serves `call` and posts the answer with `post`; never throws. Posting can fail after the
+ * answer was made: a port in the transfer list whose other end was closed in the meantime is
+ * detached (the guest that allocated an event channel closed its end, or its thread died,
+ * while the peer's bind was on its way). That guest is then answered with an error (a bind:
+ * XENVMC_NOT_GRANTED, the refusal it already handles), the failure is logged, and a channel
+ * that could not be handed over is dropped; no guest's call may take Dom0 down.
+ */
+export function serveHypercall(
+  components: HypercallComponents,
+  self: DomainRef,
+  call: XenvmcCall,
+  post: (reply: XenvmcReply, transfer: MessagePort[]) => void,
+): void {
+  const { reply, transfer } = answerHypercall(components, self, call);
+  try {
+    post(reply, transfer);
+    return;
+  } catch (error) {
+    components.log?.(
+      `dom${self.domId} hypercall ${String(call.op)} #${call.id}: its answer could not be posted ` +
+        `(${describeError(error)}); answering with an error`,
+    );
+  }
+  const bind = call.op === 'evtchnBind' && reply.ok;
+  if (bind) {
+    // The peer end never reached the binder: the channel is dead for both, drop it now (the
+    // owner's own close then answers `unknown`).
+    try {
+      components.grants.evtchnClose(call.port, self);
+    } catch (error) {
+      components.log?.(`dom${self.domId} event channel ${call.port}: ${describeError(error)}`);
+    }
+  }
+  try {
+    post(
+      {
+        type: 'xenvmcReply',
+        id: call.id,
+        ok: false,
+        code: bind ? 'XENVMC_NOT_GRANTED' : 'XENVMC_DENIED',
+        message: bind
+          ? `event channel port ${call.port} was closed by its owner`
+          : `Dom0 could not post the answer to ${String(call.op)}`,
+      },
+      [],
+    );
+  } catch (error) {
+    components.log?.(
+      `dom${self.domId} hypercall #${call.id}: no answer posted: ${describeError(error)}`,
+    );
   }
 }
 

@@ -77,6 +77,27 @@ export const CHANNEL_READ_BURST_BYTES = 4 * 1024 * 1024;
 /** XENVMC events kept for the statistics (bounded). */
 const EVENT_LOG_MAX = 256;
 
+/**
+ * Most connections (channels live or being set up, either role) a domain keeps, 64. Dom0 caps
+ * what one domain may have granted (GRANT_BYTES_PER_DOMAIN_MAX, 256 MiB: 127 channels of two
+ * 1 MiB FIFOs), and a grant still counts against its granter until the peer unmapped it, so
+ * half of that leaves room for tear-downs in progress: a domain below this limit never has a
+ * grant refused for the cap. Per domain, not per peer, because Dom0's cap is per granting
+ * domain, whatever its peers. It also bounds the host memory a domain's channels pin (64 x
+ * 2 MiB) and the per-poll scans of the connection table. Streams beyond it keep netfront
+ * (counted in `streamsOverLimit`) and get a channel when one ends.
+ */
+export const CHANNELS_PER_DOMAIN_MAX = 64;
+
+/**
+ * After a set-up that failed (refused by Dom0 or by the peer), the stream waits this long
+ * before it is offered again, doubling per failure up to SETUP_RETRY_MS_MAX: a refusal that
+ * lasts (a cap reached, a peer that will not accept) then costs a hypercall and a log line
+ * every few seconds, not every poll (once per millisecond under load, seen in the soak).
+ */
+const SETUP_RETRY_MS_MIN = 100;
+const SETUP_RETRY_MS_MAX = 10_000;
+
 export type ConnectionPhase = 'offering' | 'accepting' | 'ready' | 'cancelling' | 'finishing';
 
 /** The paper's `conn_t`: one stream's channel between this domain and a co-resident peer. */
@@ -118,6 +139,10 @@ export interface XenvmcCounters {
   reclaimedBytes: number;
   /** Of those, the ones resent by `finish_mig` (Advance mode, after a migration). */
   finishMigBytes: number;
+  /** The limit CHANNELS_PER_DOMAIN_MAX, shown with the counters so statistics name it. */
+  channelsPerDomainMax: number;
+  /** Streams that would get a channel but keep netfront because of that limit (last poll). */
+  streamsOverLimit: number;
 }
 
 export interface XenvmcEvent {
@@ -169,6 +194,20 @@ export class XenvmcModule implements CarrierModule {
   private nextCallId = 1;
   private suspendWaiter: ((cancelled: number) => void) | null = null;
   private suspendCancelled = 0;
+  /**
+   * Connections this module made (not brought by a migration's GuestState): their set-up
+   * hypercalls are answered here, so `finish_mig` on arrival must leave them alone.
+   */
+  private readonly madeHere = new WeakSet<Connection>();
+  /**
+   * Restored on a new host and not yet told the migration ended: the co-resident table is
+   * still the old host's (its domIds mean other domains here), so no channel until then.
+   */
+  private arrived = false;
+  /** Streams whose last set-up failed, by key: failures and when to offer again. */
+  private readonly setupRetry = new Map<string, { failures: number; atMs: number }>();
+  /** Guest time of the last poll (set-up replies come between polls). */
+  private nowMs = 0;
 
   constructor(components: XenvmcComponents, state?: XenvmcState) {
     this.components = components;
@@ -186,6 +225,8 @@ export class XenvmcModule implements CarrierModule {
         channelBytesReceived: 0,
         reclaimedBytes: 0,
         finishMigBytes: 0,
+        channelsPerDomainMax: CHANNELS_PER_DOMAIN_MAX,
+        streamsOverLimit: 0,
       },
       events: [],
     };
@@ -195,8 +236,12 @@ export class XenvmcModule implements CarrierModule {
     return this.state;
   }
 
+  /** Restores the state a migration brought (the module runs on the target host now). */
   loadState(state: unknown): void {
     Object.assign(this.state, state as XenvmcState);
+    this.state.counters.channelsPerDomainMax = CHANNELS_PER_DOMAIN_MAX;
+    this.state.counters.streamsOverLimit ??= 0;
+    this.arrived = true;
   }
 
   // ---- notices from Dom0 -----------------------------------------------------------------------
@@ -264,7 +309,7 @@ export class XenvmcModule implements CarrierModule {
    * others when the migration completes.
    */
   private blockedByMigration(): boolean {
-    return this.state.migrating && this.state.mode !== 'advance';
+    return this.arrived || (this.state.migrating && this.state.mode !== 'advance');
   }
 
   private onMigration(phase: MigrationNotice['phase']): void {
@@ -279,11 +324,14 @@ export class XenvmcModule implements CarrierModule {
       this.state.migrating = false;
       this.record('migration aborted');
     } else {
-      // End-of-migration notice on the target: finish_mig for every connection left behind.
+      // End-of-migration notice on the target: finish_mig for every connection the GuestState
+      // brought (their regions stayed on the old host). Not for one set up here: its set-up
+      // is still answered here, and dropping it would drop the grant its answer brings.
       this.state.migrating = false;
+      this.arrived = false;
       this.record('migration ended');
       for (const connection of [...this.state.connections]) {
-        if (!this.runtime.has(connection.keyText)) this.finishMigrated(connection);
+        if (!this.madeHere.has(connection)) this.finishMigrated(connection);
       }
     }
   }
@@ -421,8 +469,9 @@ export class XenvmcModule implements CarrierModule {
     return connection?.phase === 'ready' && connection.sending ? 'xenvmc' : 'netfront';
   }
 
-  poll(streams: readonly CarriedStream[], _nowMs: number): void {
+  poll(streams: readonly CarriedStream[], nowMs: number): void {
     this.lastStreams = streams;
+    this.nowMs = nowMs;
     for (const connection of [...this.state.connections]) {
       const carried = streams.find((s) => s.socket === connection.socket);
       if (!carried) {
@@ -432,14 +481,18 @@ export class XenvmcModule implements CarrierModule {
       if (connection.phase === 'cancelling' || connection.phase === 'finishing')
         this.progressTeardown(connection, carried.stream);
     }
-    if (
-      this.state.mode === 'off' ||
-      this.blockedByMigration() ||
-      this.state.connections.length > 64
-    )
-      return;
+    if (this.setupRetry.size > 0) this.forgetRetries(streams);
+    this.state.counters.streamsOverLimit = 0;
+    if (this.state.mode === 'off' || this.blockedByMigration()) return;
     for (const carried of streams) this.analyze(carried);
     this.checkSuspend();
+  }
+
+  /** Drops the retry times of streams that are gone (the map stays as small as the streams). */
+  private forgetRetries(streams: readonly CarriedStream[]): void {
+    const live = new Set(streams.map((carried) => keyToText(offerKey(carried.stream))));
+    for (const keyText of this.setupRetry.keys())
+      if (!live.has(keyText)) this.setupRetry.delete(keyText);
   }
 
   forget(carried: CarriedStream): void {
@@ -456,24 +509,41 @@ export class XenvmcModule implements CarrierModule {
     const peer = this.state.coResidents.find((p) => p.ip === s.remoteIp);
     if (!peer || peer.tenant !== this.components.identity.tenant) return;
     if (peer.migrating && this.state.mode !== 'advance') return;
-    this.offer(carried, peer);
+    if (this.state.connections.length >= CHANNELS_PER_DOMAIN_MAX) {
+      this.state.counters.streamsOverLimit++;
+      return;
+    }
+    const key = offerKey(stream);
+    const retry = this.setupRetry.get(keyToText(key));
+    if (retry && this.nowMs < retry.atMs) return;
+    this.offer(carried, peer, key);
+  }
+
+  /** A set-up of the stream `keyText` failed: offer it again later, later each time. */
+  private setupFailed(keyText: string): void {
+    const failures = (this.setupRetry.get(keyText)?.failures ?? 0) + 1;
+    const waitMs = Math.min(SETUP_RETRY_MS_MIN * 2 ** (failures - 1), SETUP_RETRY_MS_MAX);
+    this.setupRetry.set(keyText, { failures, atMs: this.nowMs + waitMs });
   }
 
   // ---- Connection Manager: set-up ----------------------------------------------------------------
 
-  private offer(carried: CarriedStream, peer: PeerRecord): void {
-    const s = carried.stream.state;
-    const key: ChannelKey = {
-      offererIp: s.localIp,
-      offererPort: s.localPort,
-      accepterIp: s.remoteIp,
-      accepterPort: s.remotePort,
-      nonce: s.nonce,
-    };
+  /**
+   * Every set-up step checks, when its answer comes, that the connection still exists: it may
+   * have been dropped meanwhile (stream gone, peer gone, refused), and then what the answer
+   * brings (a grant, an event channel) is handed back here, or nobody would ever release it.
+   */
+  private offer(carried: CarriedStream, peer: PeerRecord, key: ChannelKey): void {
     const fifoBytes = CHANNEL_FIFO_BYTES_MAX;
     const connection = this.newConnection(key, carried.socket, peer, 'offerer', fifoBytes);
     const bytes = 2 * fifoStride(fifoBytes);
     this.call({ op: 'grant', peerDomId: peer.domId, bytes }, (grant) => {
+      if (!this.isLive(connection)) {
+        // Dropped before the region arrived: `release` had no grant to end.
+        if (grant.ok && grant.grantRef !== undefined)
+          this.call({ op: 'release', grantRef: grant.grantRef }, () => {});
+        return;
+      }
       if (!grant.ok || !grant.region || grant.grantRef === undefined)
         return this.abandon(connection, grant);
       connection.grantRef = grant.grantRef;
@@ -485,6 +555,13 @@ export class XenvmcModule implements CarrierModule {
         burstBytes: 0,
       });
       this.call({ op: 'evtchnAlloc', peerDomId: peer.domId }, (evtchn) => {
+        if (!this.isLive(connection)) {
+          // Dropped before the event channel arrived: `release` had no port to close, and
+          // no offer went out, so nobody binds it.
+          if (evtchn.ok && evtchn.port !== undefined)
+            this.closeEvtchn(evtchn.port, evtchn.endpoint ?? null);
+          return;
+        }
         if (!evtchn.ok || !evtchn.endpoint || evtchn.port === undefined)
           return this.abandon(connection, evtchn);
         connection.port = evtchn.port;
@@ -508,15 +585,19 @@ export class XenvmcModule implements CarrierModule {
       case 'offer':
         return this.accept(fromDomId, message);
       case 'ready':
-        if (connection?.phase === 'offering') {
+        if (connection?.phase === 'offering' && connection.port === message.port) {
           connection.phase = 'ready';
           this.state.counters.channelsSetUp++;
+          this.setupRetry.delete(keyText);
           this.record(`channel ${keyText} ready`);
         }
         return;
       case 'refuse':
-        if (connection) {
+        // Only this offer, in set-up, can be refused: a late refusal of an earlier offer of
+        // the same stream must not drop a channel that carries bytes now.
+        if (connection?.phase === 'offering' && connection.port === message.port) {
           this.state.counters.channelsRefused++;
+          this.setupFailed(keyText);
           this.record(`channel ${keyText} refused: ${message.reason}`);
           this.release(connection);
         }
@@ -532,12 +613,18 @@ export class XenvmcModule implements CarrierModule {
     const peer = this.state.coResidents.find((p) => p.domId === fromDomId);
     const refuse = (reason: string): void => {
       this.state.counters.channelsRefused++;
-      this.send(fromDomId, { kind: 'refuse', key, reason });
+      this.send(fromDomId, { kind: 'refuse', key, port: offer.port, reason });
     };
     if (this.state.mode === 'off' || this.blockedByMigration())
       return refuse(`mode ${this.state.mode}${this.state.migrating ? ', migrating' : ''}`);
     if (!peer || peer.tenant !== this.components.identity.tenant)
       return refuse('not a co-resident of the same tenant');
+    if (this.state.connections.length >= CHANNELS_PER_DOMAIN_MAX)
+      return refuse(`${CHANNELS_PER_DOMAIN_MAX} channels already (CHANNELS_PER_DOMAIN_MAX)`);
+    // The runtime is keyed by the stream: an older connection of this stream still tearing
+    // down here must end before a new one starts.
+    if (this.state.connections.some((c) => c.keyText === keyToText(key)))
+      return refuse('the previous channel of this stream is still being torn down');
     const socket = this.lastStreams.find(({ stream }) => {
       const s = stream.state;
       return (
@@ -562,6 +649,11 @@ export class XenvmcModule implements CarrierModule {
     }
     const connection = this.newConnection(key, socket, peer, 'accepter', offer.fifoBytes);
     this.call({ op: 'map', granterDomId: fromDomId, grantRef: offer.grantRef }, (mapped) => {
+      if (!this.isLive(connection)) {
+        // Dropped before the mapping arrived: unmap, and let the offerer release its part.
+        if (mapped.ok) this.call({ op: 'release', grantRef: offer.grantRef }, () => {});
+        return refuse('the stream ended during set-up');
+      }
       if (!mapped.ok || !mapped.region) {
         refuse(mapped.ok ? 'no region' : mapped.message);
         return this.abandon(connection, mapped);
@@ -575,6 +667,11 @@ export class XenvmcModule implements CarrierModule {
         burstBytes: 0,
       });
       this.call({ op: 'evtchnBind', peerDomId: fromDomId, port: offer.port }, (bound) => {
+        if (!this.isLive(connection)) {
+          // `release` unmapped the region already; the offerer closes the channel.
+          if (bound.ok) bound.endpoint?.close();
+          return refuse('the stream ended during set-up');
+        }
         if (!bound.ok || !bound.endpoint) {
           refuse(bound.ok ? 'no endpoint' : bound.message);
           return this.abandon(connection, bound);
@@ -584,7 +681,7 @@ export class XenvmcModule implements CarrierModule {
         connection.phase = 'ready';
         this.state.counters.channelsSetUp++;
         this.record(`channel ${connection.keyText} ready`);
-        this.send(fromDomId, { kind: 'ready', key });
+        this.send(fromDomId, { kind: 'ready', key, port: offer.port });
       });
     });
   }
@@ -685,16 +782,36 @@ export class XenvmcModule implements CarrierModule {
     }
   }
 
+  /**
+   * Hands back what the connection holds, each once: the grant (or mapping) and, for the
+   * offerer, the event channel. Parts still being set up are handed back by their answers
+   * (see `offer`), since the connection is gone by then.
+   */
   private release(connection: Connection): void {
     const runtime = this.runtime.get(connection.keyText);
     this.runtime.delete(connection.keyText);
-    runtime?.endpoint?.close();
-    if (connection.grantRef !== null && runtime)
-      this.call({ op: 'release', grantRef: connection.grantRef }, () => {});
-    if (connection.port !== null && connection.role === 'offerer' && runtime) {
-      this.call({ op: 'evtchnClose', port: connection.port }, () => {});
+    if (runtime) {
+      if (connection.grantRef !== null)
+        this.call({ op: 'release', grantRef: connection.grantRef }, () => {});
+      if (connection.role === 'offerer' && connection.port !== null)
+        this.closeEvtchn(connection.port, runtime.endpoint);
+      else runtime.endpoint?.close();
     }
     this.removeConnection(connection);
+  }
+
+  /**
+   * The offerer closes its event channel: Dom0 first, our end once Dom0 answered. Closing our
+   * end first would leave Dom0 holding a peer end that is already detached, and a bind still
+   * on its way would be handed that dead port (Dom0 failed to post it: DataCloneError); once
+   * Dom0 dropped the channel, a late bind is refused instead (XENVMC_NOT_GRANTED).
+   */
+  private closeEvtchn(port: number, endpoint: MessagePort | null): void {
+    this.call({ op: 'evtchnClose', port }, () => endpoint?.close());
+  }
+
+  private isLive(connection: Connection): boolean {
+    return this.state.connections.includes(connection);
   }
 
   private removeConnection(connection: Connection): void {
@@ -737,12 +854,14 @@ export class XenvmcModule implements CarrierModule {
       bytesReceived: 0,
     };
     this.state.connections.push(connection);
+    this.madeHere.add(connection);
     return connection;
   }
 
   /** A set-up step failed: drop the connection (the stream keeps netfront). */
   private abandon(connection: Connection, reply: XenvmcReply): void {
     this.state.counters.channelsRefused++;
+    if (connection.role === 'offerer') this.setupFailed(connection.keyText);
     this.record(
       `channel ${connection.keyText} not set up: ${reply.ok ? 'incomplete reply' : `${reply.code} ${reply.message}`}`,
     );
@@ -816,6 +935,18 @@ const EMPTY = new Uint8Array(0);
 function canSwitch(stream: StreamConnection): boolean {
   const state = stream.state;
   return state.phase === 'established' && state.sendFinOffset === null;
+}
+
+/** The channel key of a stream this domain would offer (it is the connector). */
+function offerKey(stream: StreamConnection): ChannelKey {
+  const s = stream.state;
+  return {
+    offererIp: s.localIp,
+    offererPort: s.localPort,
+    accepterIp: s.remoteIp,
+    accepterPort: s.remotePort,
+    nonce: s.nonce,
+  };
 }
 
 function fifoStride(capacityBytes: number): number {

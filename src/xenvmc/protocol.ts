@@ -123,9 +123,13 @@ export type ChannelMessage =
       port: number;
       fifoBytes: number;
     }
-  /** Set-up, step 2: the accepter mapped and bound; the channel is ready both ways. */
-  | { kind: 'ready'; key: ChannelKey }
+  /**
+   * Set-up, step 2: the accepter mapped and bound; the channel is ready both ways. `port` is
+   * the offer's event channel: it names which offer of the stream is answered (a stream can
+   * be offered again after a tear-down, and ports are never reused on a host).
+   */
+  | { kind: 'ready'; key: ChannelKey; port: number }
   /** Set-up refused (no such stream any more, policy): the offerer releases what it made. */
-  | { kind: 'refuse'; key: ChannelKey; reason: string }
+  | { kind: 'refuse'; key: ChannelKey; port: number; reason: string }
   /** Tear-down: stop using the channel (both sides then drain and fall back to netfront). */
   | { kind: 'cancel'; key: ChannelKey; reason: string };
