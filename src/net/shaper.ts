@@ -606,10 +606,9 @@ function closedError(socket: Socket, when: string, always = false): LinkError | 
   return new LinkError('LINK_CLOSED', `${describeSocket(socket)} is ${state} ${when}`.trim());
 }
 
+/** A destroyed socket no longer knows its peer's address. */
 function describeSocket(socket: Socket): string {
-  const remote =
-    socket.remoteAddress === undefined
-      ? 'unconnected'
-      : `${socket.remoteAddress}:${socket.remotePort}`;
-  return `socket to ${remote}`;
+  return socket.remoteAddress === undefined
+    ? 'the link to the peer host'
+    : `the link to ${socket.remoteAddress}:${socket.remotePort}`;
 }
