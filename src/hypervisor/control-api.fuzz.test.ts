@@ -18,6 +18,7 @@
  * `XENVMC_FUZZ_RUNS=N` raises every fuzz test to at least N runs; `XENVMC_FUZZ_SEED=S`
  * replaces the fixed seeds.
  */
+
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -27,19 +28,10 @@ import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify';
 import { realClock } from '../core/clock.ts';
+import { fuzzRuns, fuzzSeed } from '../core/fuzz.ts';
 import { buildControlApi, startControlApi } from './control-api.ts';
 import { Host } from './host.ts';
 import { parseAddress } from './peer-link.ts';
-
-const FUZZ_RUNS = Number(process.env.XENVMC_FUZZ_RUNS ?? 0);
-const SEED_OVERRIDE = process.env.XENVMC_FUZZ_SEED;
-/** `base` runs, or more when XENVMC_FUZZ_RUNS asks for a longer run. */
-function runs(base: number): number {
-  return Number.isSafeInteger(FUZZ_RUNS) && FUZZ_RUNS > base ? FUZZ_RUNS : base;
-}
-function seed(fixed: number): number {
-  return SEED_OVERRIDE === undefined ? fixed : Number(SEED_OVERRIDE);
-}
 
 const TOKEN = randomBytes(24).toString('hex');
 const AUTH = `Bearer ${TOKEN}`;
@@ -315,7 +307,7 @@ describe('control API under hostile input', () => {
     assert.equal(response.statusCode, 201, `vm1 created: ${response.body}`);
   });
 
-  it(`fuzz: without the right token every request is 401 (seed ${seed(2201)}, ${runs(300)} runs)`, async () => {
+  it(`fuzz: without the right token every request is 401 (seed ${fuzzSeed(2201)}, ${fuzzRuns(300)} runs)`, async () => {
     const method = fc.constantFrom<InjectOptions['method']>(
       'GET',
       'POST',
@@ -374,12 +366,12 @@ describe('control API under hostile input', () => {
         assert.equal(response.statusCode, 401, `401 for ${describeRequest(options)}`);
         assert.equal(response.json().error.code, 'UNAUTHORIZED', 'the error says unauthorized');
       }),
-      { seed: seed(2201), numRuns: runs(300) },
+      { seed: fuzzSeed(2201), numRuns: fuzzRuns(300) },
     );
     assert.equal(shutdowns, 0, 'no unauthenticated request shut the host down');
   });
 
-  it(`fuzz: arbitrary JSON bodies on every POST route (seed ${seed(2202)}, ${runs(400)} runs)`, async () => {
+  it(`fuzz: arbitrary JSON bodies on every POST route (seed ${fuzzSeed(2202)}, ${fuzzRuns(400)} runs)`, async () => {
     await fc.assert(
       fc.asyncProperty(
         fc.constantFrom(...POST_ROUTES),
@@ -394,11 +386,11 @@ describe('control API under hostile input', () => {
           );
         },
       ),
-      { seed: seed(2202), numRuns: runs(400) },
+      { seed: fuzzSeed(2202), numRuns: fuzzRuns(400) },
     );
   });
 
-  it(`fuzz: mutated valid bodies on every POST route (seed ${seed(2203)}, ${runs(600)} runs)`, async () => {
+  it(`fuzz: mutated valid bodies on every POST route (seed ${fuzzSeed(2203)}, ${fuzzRuns(600)} runs)`, async () => {
     const request = fc.oneof(
       ...POST_ROUTES.map((url) =>
         mutatedBody(VALID_BODIES[url]!).map((body) => ({ url, body: tameBody(url, body) })),
@@ -418,11 +410,11 @@ describe('control API under hostile input', () => {
           }),
         );
       }),
-      { seed: seed(2203), numRuns: runs(600) },
+      { seed: fuzzSeed(2203), numRuns: fuzzRuns(600) },
     );
   });
 
-  it(`fuzz: raw payloads and content types (seed ${seed(2204)}, ${runs(200)} runs)`, async () => {
+  it(`fuzz: raw payloads and content types (seed ${fuzzSeed(2204)}, ${fuzzRuns(200)} runs)`, async () => {
     const contentType = fc.constantFrom(
       'application/json',
       'application/json; charset=utf-8',
@@ -462,7 +454,7 @@ describe('control API under hostile input', () => {
           await send({ method: 'POST', url, payload: body, headers });
         },
       ),
-      { seed: seed(2204), numRuns: runs(200) },
+      { seed: fuzzSeed(2204), numRuns: fuzzRuns(200) },
     );
     // A body above the 1 MiB limit is refused before it is parsed.
     const big = await send(
@@ -476,7 +468,7 @@ describe('control API under hostile input', () => {
     assert.equal(big.statusCode, 413, 'a body above the limit is 413');
   });
 
-  it(`fuzz: odd URLs, names and query parameters (seed ${seed(2205)}, ${runs(400)} runs)`, async () => {
+  it(`fuzz: odd URLs, names and query parameters (seed ${fuzzSeed(2205)}, ${fuzzRuns(400)} runs)`, async () => {
     const segment = fc.oneof(
       fc.constantFrom(
         '..',
@@ -537,7 +529,7 @@ describe('control API under hostile input', () => {
         if (method === 'POST' && url.endsWith('/migrate')) options.payload = { to: DEAD_LINK };
         await send(options);
       }),
-      { seed: seed(2205), numRuns: runs(400) },
+      { seed: fuzzSeed(2205), numRuns: fuzzRuns(400) },
     );
   });
 

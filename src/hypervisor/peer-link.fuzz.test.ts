@@ -14,6 +14,7 @@
  * `XENVMC_FUZZ_RUNS=N` raises every fuzz test to at least N runs; `XENVMC_FUZZ_SEED=S`
  * replaces the fixed seeds (a failing run prints its seed in the test name).
  */
+
 import assert from 'node:assert/strict';
 import { createHmac, randomBytes } from 'node:crypto';
 import net from 'node:net';
@@ -21,6 +22,7 @@ import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import { realClock } from '../core/clock.ts';
 import { TestbedError } from '../core/errors.ts';
+import { fuzzRuns, fuzzSeed } from '../core/fuzz.ts';
 import { defaultLayout } from '../memory/layout.ts';
 import { encodeDomainInfo, encodeHeader } from '../migration/codec.ts';
 import { Host } from './host.ts';
@@ -31,16 +33,6 @@ import {
   MAX_CONTROL_MESSAGE_BYTES,
   MAX_HANDSHAKE_MESSAGE_BYTES,
 } from './peer-link.ts';
-
-const FUZZ_RUNS = Number(process.env.XENVMC_FUZZ_RUNS ?? 0);
-const SEED_OVERRIDE = process.env.XENVMC_FUZZ_SEED;
-/** `base` runs, or more when XENVMC_FUZZ_RUNS asks for a longer run. */
-function runs(base: number): number {
-  return Number.isSafeInteger(FUZZ_RUNS) && FUZZ_RUNS > base ? FUZZ_RUNS : base;
-}
-function seed(fixed: number): number {
-  return SEED_OVERRIDE === undefined ? fixed : Number(SEED_OVERRIDE);
-}
 
 const KEY = Buffer.from(randomBytes(32).toString('hex'), 'utf8');
 const WRONG_KEY = Buffer.from(randomBytes(32).toString('hex'), 'utf8');
@@ -333,7 +325,7 @@ describe('peer link handshake under hostile input', () => {
     await host?.close();
   });
 
-  it(`fuzz: arbitrary bytes from an unauthenticated client are refused with a logged reason (seed ${seed(1101)}, ${runs(120)} runs)`, async () => {
+  it(`fuzz: arbitrary bytes from an unauthenticated client are refused with a logged reason (seed ${fuzzSeed(1101)}, ${fuzzRuns(120)} runs)`, async () => {
     const chunks = fc.array(fc.uint8Array({ maxLength: 96 }), { minLength: 1, maxLength: 4 });
     await fc.assert(
       fc.asyncProperty(chunks, async (parts) => {
@@ -348,12 +340,12 @@ describe('peer link handshake under hostile input', () => {
           'an unauthenticated client is never told ok',
         );
       }),
-      { seed: seed(1101), numRuns: runs(120) },
+      { seed: fuzzSeed(1101), numRuns: fuzzRuns(120) },
     );
     assertNothingAccepted('arbitrary bytes');
   });
 
-  it(`fuzz: arbitrary and mutated handshake messages never get in (seed ${seed(1102)}, ${runs(150)} runs)`, async () => {
+  it(`fuzz: arbitrary and mutated handshake messages never get in (seed ${fuzzSeed(1102)}, ${fuzzRuns(150)} runs)`, async () => {
     const nonce = fc.oneof(
       fc.constant('valid'),
       fc.string({ maxLength: 40 }),
@@ -460,7 +452,7 @@ describe('peer link handshake under hostile input', () => {
           );
         },
       ),
-      { seed: seed(1102), numRuns: runs(150) },
+      { seed: fuzzSeed(1102), numRuns: fuzzRuns(150) },
     );
     assertNothingAccepted('mutated handshakes');
   });
@@ -636,7 +628,7 @@ describe('peer link handshake under hostile input', () => {
     assert.equal(host.memoryUsedBytes(), 0, 'the partial copy is discarded');
   });
 
-  it(`fuzz: garbage after a valid handshake is refused and the host keeps serving (seed ${seed(1103)}, ${runs(45)} runs)`, async () => {
+  it(`fuzz: garbage after a valid handshake is refused and the host keeps serving (seed ${fuzzSeed(1103)}, ${fuzzRuns(45)} runs)`, async () => {
     const garbage = fc.oneof(
       fc.uint8Array({ minLength: 1, maxLength: 128 }),
       fc.jsonValue({ maxDepth: 2 }).map((value) => new Uint8Array(frame(value))),
@@ -657,7 +649,7 @@ describe('peer link handshake under hostile input', () => {
         peer.socket.end();
         assert(await peer.closesWithin(REFUSE_WITHIN_MS), `the host closes the ${purpose} link`);
       }),
-      { seed: seed(1103), numRuns: runs(45) },
+      { seed: fuzzSeed(1103), numRuns: fuzzRuns(45) },
     );
     assertNothingAccepted('garbage after the handshake');
   });
@@ -790,7 +782,7 @@ describe('peer link handshake under hostile input', () => {
     }
   });
 
-  it(`fuzz: a target that answers with arbitrary bytes never gets a proof (seed ${seed(1104)}, ${runs(100)} runs)`, async () => {
+  it(`fuzz: a target that answers with arbitrary bytes never gets a proof (seed ${fuzzSeed(1104)}, ${fuzzRuns(100)} runs)`, async () => {
     let heard: Buffer = Buffer.alloc(0);
     let reply: Uint8Array[] = [];
     const server = net.createServer((socket) => {
@@ -851,7 +843,7 @@ describe('peer link handshake under hostile input', () => {
           await new Promise((resolve) => setTimeout(resolve, 5));
           assert.equal(parseMessages(heard).length, 1, 'the impostor heard only the hello');
         }),
-        { seed: seed(1104), numRuns: runs(100) },
+        { seed: fuzzSeed(1104), numRuns: fuzzRuns(100) },
       );
     } finally {
       server.close();

@@ -17,9 +17,11 @@
  * `XENVMC_FUZZ_RUNS=N` raises every fuzz test to at least N runs; `XENVMC_FUZZ_SEED=S`
  * replaces the fixed seeds.
  */
+
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
+import { fuzzRuns, fuzzSeed } from '../core/fuzz.ts';
 import { PAGE_SIZE_BYTES } from '../core/units.ts';
 import type { MemoryLayout } from '../memory/layout.ts';
 import {
@@ -38,16 +40,6 @@ import {
 } from './codec.ts';
 import { MigrationError, type MigrationErrorCode } from './errors.ts';
 import { MAX_ANY_RECORD_BODY_BYTES } from './limits.ts';
-
-const FUZZ_RUNS = Number(process.env.XENVMC_FUZZ_RUNS ?? 0);
-const SEED_OVERRIDE = process.env.XENVMC_FUZZ_SEED;
-/** `base` runs, or more when XENVMC_FUZZ_RUNS asks for a longer run. */
-function runs(base: number): number {
-  return Number.isSafeInteger(FUZZ_RUNS) && FUZZ_RUNS > base ? FUZZ_RUNS : base;
-}
-function seed(fixed: number): number {
-  return SEED_OVERRIDE === undefined ? fixed : Number(SEED_OVERRIDE);
-}
 
 const PAGES = 48;
 /** The decoder's bound on a domain: a fuzzed DOMAIN_INFO may claim up to 2^24 pages. */
@@ -361,7 +353,7 @@ function mutate(records: readonly Uint8Array[], mutations: readonly Mutation[]):
 // ---- properties -------------------------------------------------------------------------------
 
 describe('StreamDecoder fuzzing (issue 8)', { timeout: 10 * 60_000 }, () => {
-  it(`decodes valid streams to the same records and memory in any chunking (seed ${seed(81)})`, () => {
+  it(`decodes valid streams to the same records and memory in any chunking (seed ${fuzzSeed(81)})`, () => {
     fc.assert(
       fc.property(scenarioArbitrary, cutsArbitrary, (scenario, cuts) => {
         const { records, landed } = validStream(scenario);
@@ -376,11 +368,11 @@ describe('StreamDecoder fuzzing (issue 8)', { timeout: 10 * 60_000 }, () => {
         assert.ok(Buffer.from(assembled.memory).equals(landed), 'assembled pages = source');
         assert.ok(Buffer.from(landing.memory).equals(landed), 'landed pages = source');
       }),
-      { seed: seed(81), numRuns: runs(150) },
+      { seed: fuzzSeed(81), numRuns: fuzzRuns(150) },
     );
   });
 
-  it(`throws only its typed error on arbitrary bytes (seed ${seed(82)})`, () => {
+  it(`throws only its typed error on arbitrary bytes (seed ${fuzzSeed(82)})`, () => {
     const prefix = concat([encodeHeader(), encodeDomainInfo(INFO)]);
     fc.assert(
       fc.property(
@@ -391,11 +383,11 @@ describe('StreamDecoder fuzzing (issue 8)', { timeout: 10 * 60_000 }, () => {
           decodeBoth(withPrefix ? concat([prefix, bytes]) : bytes, cuts);
         },
       ),
-      { seed: seed(82), numRuns: runs(400) },
+      { seed: fuzzSeed(82), numRuns: fuzzRuns(400) },
     );
   });
 
-  it(`throws only its typed error on mutated valid streams (seed ${seed(83)})`, () => {
+  it(`throws only its typed error on mutated valid streams (seed ${fuzzSeed(83)})`, () => {
     let rejected = 0;
     let total = 0;
     fc.assert(
@@ -421,12 +413,12 @@ describe('StreamDecoder fuzzing (issue 8)', { timeout: 10 * 60_000 }, () => {
           }
         },
       ),
-      { seed: seed(83), numRuns: runs(400) },
+      { seed: fuzzSeed(83), numRuns: fuzzRuns(400) },
     );
     assert.ok(rejected > total / 2, `most mutated streams are rejected (${rejected}/${total})`);
   });
 
-  it(`bounds a huge length field before buffering anything (seed ${seed(84)})`, () => {
+  it(`bounds a huge length field before buffering anything (seed ${fuzzSeed(84)})`, () => {
     fc.assert(
       fc.property(
         fc.integer({ min: 1, max: 6 }),
@@ -448,7 +440,7 @@ describe('StreamDecoder fuzzing (issue 8)', { timeout: 10 * 60_000 }, () => {
           }
         },
       ),
-      { seed: seed(84), numRuns: runs(100) },
+      { seed: fuzzSeed(84), numRuns: fuzzRuns(100) },
     );
   });
 });

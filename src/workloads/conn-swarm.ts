@@ -42,7 +42,7 @@ import { NetError } from '../guest/net-errors.ts';
 import type { GuestProgram, ProgramContext, ProgramFactory } from '../guest/program.ts';
 import type { GuestNet, SocketEvent, SocketId } from '../guest/socket-api.ts';
 import type { Region } from '../memory/layout.ts';
-import { checkInteger, IPV4 } from './params.ts';
+import { checkInteger, checkKnownParams, clientPeerIp } from './params.ts';
 import { RETRYABLE_CONNECT_ERRORS } from './socket-lifecycle.ts';
 
 /** The program kind, as registered with the guest kernel. */
@@ -194,28 +194,13 @@ export function resolveConnSwarmParams(
   if (typeof params !== 'object' || params === null) {
     throw new InputError(`conn-swarm parameters must be an object; got ${String(params)}`);
   }
-  const unknown = Object.keys(params).filter((name) => !PARAM_NAMES.has(name));
-  if (unknown.length > 0) {
-    throw new InputError(
-      `unknown conn-swarm parameter ${unknown.join(', ')}; known: ${[...PARAM_NAMES].join(', ')}`,
-    );
-  }
+  checkKnownParams('conn-swarm', params, PARAM_NAMES);
   const role = params.role;
   if (role !== 'server' && role !== 'client') {
     throw new InputError(`role must be 'server' or 'client'; got ${String(role)}`);
   }
   const port = checkInteger('port', params.port, 1, 65535);
-  let peerIp: string | null = null;
-  if (role === 'client') {
-    if (typeof params.peerIp !== 'string' || !IPV4.test(params.peerIp)) {
-      throw new InputError(
-        `a client needs peerIp, the server's IPv4 address; got ${String(params.peerIp)}`,
-      );
-    }
-    peerIp = params.peerIp;
-  } else if (params.peerIp !== undefined) {
-    throw new InputError('peerIp is for a client only; a server accepts any peer');
-  }
+  const peerIp = clientPeerIp(role, params.peerIp);
   const connections = checkInteger(
     'connections',
     params.connections,

@@ -45,6 +45,7 @@ import {
   type PagePickerState,
   resolvePagePickerParams,
 } from './page-picker.ts';
+import { checkKnownParams } from './params.ts';
 
 /** The program kind, as registered with the guest kernel. */
 export const DIRTIER_KIND = 'dirtier';
@@ -184,12 +185,7 @@ const PARAM_NAMES: ReadonlySet<string> = new Set([
  * `InputError` naming the parameter, its value and what is allowed.
  */
 export function resolveDirtierParams(given: DirtierParams, dataRegion: Region): DirtierConfig {
-  const unknown = Object.keys(given).filter((name) => !PARAM_NAMES.has(name));
-  if (unknown.length > 0) {
-    throw new InputError(
-      `unknown dirtier parameter ${unknown.join(', ')}; known: ${[...PARAM_NAMES].join(', ')}`,
-    );
-  }
+  checkKnownParams('dirtier', given, PARAM_NAMES);
   if (given.behaviour !== undefined && !Object.hasOwn(DIRTIER_BEHAVIOURS, given.behaviour)) {
     throw new InputError(
       `behaviour must be one of ${Object.keys(DIRTIER_BEHAVIOURS).join(', ')}; got ${String(given.behaviour)}`,

@@ -52,7 +52,7 @@ import { PAGE_SIZE_BYTES } from '../core/units.ts';
 import type { GuestProgram, ProgramContext, ProgramFactory } from '../guest/program.ts';
 import type { GuestNet, SocketEvent, SocketId } from '../guest/socket-api.ts';
 import type { Region } from '../memory/layout.ts';
-import { checkInteger, IPV4 } from './params.ts';
+import { checkInteger, checkKnownParams, clientPeerIp } from './params.ts';
 import {
   acceptOne,
   callSocket,
@@ -248,28 +248,13 @@ const PARAM_NAMES: ReadonlySet<string> = new Set([
  * `InputError` naming the parameter, its value and what is allowed.
  */
 export function resolveStreamerParams(params: StreamerParams, dataRegion: Region): StreamerConfig {
-  const unknown = Object.keys(params).filter((name) => !PARAM_NAMES.has(name));
-  if (unknown.length > 0) {
-    throw new InputError(
-      `unknown streamer parameter ${unknown.join(', ')}; known: ${[...PARAM_NAMES].join(', ')}`,
-    );
-  }
+  checkKnownParams('streamer', params, PARAM_NAMES);
   const role = params.role;
   if (role !== 'server' && role !== 'client') {
     throw new InputError(`role must be 'server' or 'client'; got ${String(role)}`);
   }
   const port = checkInteger('port', params.port, 1, 65535);
-  let peerIp: string | null = null;
-  if (role === 'client') {
-    if (typeof params.peerIp !== 'string' || !IPV4.test(params.peerIp)) {
-      throw new InputError(
-        `a client needs peerIp, the server's IPv4 address; got ${String(params.peerIp)}`,
-      );
-    }
-    peerIp = params.peerIp;
-  } else if (params.peerIp !== undefined) {
-    throw new InputError(`peerIp is for a client only; a server accepts any peer`);
-  }
+  const peerIp = clientPeerIp(role, params.peerIp);
   const bytes = checkInteger('bytes', params.bytes, 0, STREAM_BYTES_MAX);
   const seed = checkInteger('seed', params.seed ?? (role === 'client' ? 1 : 2), 0, 0xffff_ffff);
   const chunkBytes = checkInteger(

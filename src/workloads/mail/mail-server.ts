@@ -33,6 +33,7 @@ import type {
   ProgramStats,
 } from '../../guest/program.ts';
 import type { SocketEvent, SocketId } from '../../guest/socket-api.ts';
+import { checkKnownParams } from '../params.ts';
 import {
   connectionLost,
   DEFAULT_SMTP_LIMITS,
@@ -112,12 +113,7 @@ export interface MailServerState {
 const PARAM_NAMES = new Set(['port', 'hostname', 'domains', 'messageBytesMax', 'connectionsMax']);
 
 export function resolveMailServerParams(params: MailServerParams): MailServerState {
-  const unknown = Object.keys(params).filter((name) => !PARAM_NAMES.has(name));
-  if (unknown.length) {
-    throw new InputError(
-      `unknown mail-server parameter ${unknown.join(', ')}; known: ${[...PARAM_NAMES].join(', ')}`,
-    );
-  }
+  checkKnownParams('mail-server', params, PARAM_NAMES);
   const port = params.port ?? SMTP_PORT;
   if (!Number.isInteger(port) || port < 1 || port > 65535)
     throw new InputError(`port must be an integer in [1, 65535]; got ${String(port)}`);

@@ -50,7 +50,7 @@ import { PAGE_SIZE_BYTES } from '../../core/units.ts';
 import type { GuestProgram, ProgramContext, ProgramFactory } from '../../guest/program.ts';
 import type { GuestNet, SocketEvent } from '../../guest/socket-api.ts';
 import type { Region } from '../../memory/layout.ts';
-import { checkInteger, IPV4 } from '../params.ts';
+import { checkInteger, checkKnownParams, IPV4 } from '../params.ts';
 import {
   callSocket,
   type LifecycleOptions,
@@ -277,12 +277,7 @@ export function resolveMclientParams(params: MclientParams, dataRegion: Region):
   if (typeof params !== 'object' || params === null) {
     throw new InputError(`mclient parameters must be an object; got ${String(params)}`);
   }
-  const unknown = Object.keys(params).filter((name) => !PARAM_NAMES.has(name));
-  if (unknown.length > 0) {
-    throw new InputError(
-      `unknown mclient parameter ${unknown.join(', ')}; known: ${[...PARAM_NAMES].join(', ')}`,
-    );
-  }
+  checkKnownParams('mclient', params, PARAM_NAMES);
   if (typeof params.serverIp !== 'string' || !IPV4.test(params.serverIp)) {
     throw new InputError(
       `serverIp must be the mail server's IPv4 address; got ${String(params.serverIp)}`,
