@@ -35,8 +35,10 @@ export const STALL_TIMEOUT_MS = 30_000;
 export interface IncomingMigrationHost {
   /** Reserves (and pre-touches) memory and starts the domain's thread; throws to refuse. */
   reserve(info: DomainInfo): Promise<GuestMemory>;
-  /** Runs the reserved domain from its state; throws if it cannot run. */
-  /** `pageCrcDigest` digests the pages as received: the host keeps it for `askOutcome`. */
+  /**
+   * Runs the reserved domain from its state; throws if it cannot run. `pageCrcDigest` digests
+   * the pages as received: the host keeps it for a source that asks what became of the domain.
+   */
   activate(info: DomainInfo, guestState: Uint8Array, pageCrcDigest: string): Promise<void>;
   /** Drops a partial copy. */
   discard(info: DomainInfo | null): void;
