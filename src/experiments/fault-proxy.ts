@@ -100,13 +100,7 @@ export class FaultProxy {
       return;
     }
     const upstream = net.connect(target.port, target.host);
-    const fault = this.fault;
-    if (fault.kind === 'reorder' || fault.kind === 'drop') {
-      this.relayRecords(client, upstream, new RecordRelay(fault.kind, fault.afterBytes));
-      return;
-    }
     this.sockets.add(upstream);
-    let stalled = false;
     const closeBoth = (): void => {
       client.destroy();
       upstream.destroy();
@@ -116,6 +110,12 @@ export class FaultProxy {
     // Across a partition not even a close gets through.
     client.on('close', () => this.severed.has(client) || upstream.end());
     upstream.on('close', () => this.severed.has(client) || client.end());
+    const initial = this.fault;
+    if (initial.kind === 'reorder' || initial.kind === 'drop') {
+      this.relayRecords(client, upstream, new RecordRelay(initial.kind, initial.afterBytes));
+      return;
+    }
+    let stalled = false;
     upstream.on('data', (chunk: Buffer) => {
       const fault = this.fault;
       if (
@@ -175,15 +175,6 @@ export class FaultProxy {
 
   /** A relay that passes the source's stream whole records at a time (`RecordRelay`). */
   private relayRecords(client: net.Socket, upstream: net.Socket, records: RecordRelay): void {
-    this.sockets.add(upstream);
-    const closeBoth = (): void => {
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on('error', closeBoth);
-    upstream.on('error', closeBoth);
-    client.on('close', () => upstream.end());
-    upstream.on('close', () => client.end());
     upstream.on('data', (chunk: Buffer) => client.write(chunk));
     client.on('data', (chunk: Buffer) => {
       this.forwardedBytes += chunk.length;

@@ -258,6 +258,22 @@ function transfer(params: TransferParams): { pair: Pair; programs: Program[] } {
   return { pair, programs };
 }
 
+/**
+ * A pair over a link that loses and duplicates frames at `lossRate` and delays some, run until
+ * connected and idle; `random` drives the link and is the test's to use after.
+ */
+function connectedLossyPair(
+  seed: number,
+  bufferBytes: number,
+  lossRate: number,
+): { pair: Pair; random: Random } {
+  const random = new Random(seed);
+  const faults = { lossRate, duplicateRate: lossRate, delayRate: 0.1 };
+  const pair = new Pair({ bufferBytes, faults, random, maxFramesPerStep: 16 });
+  for (let i = 0; i < 10_000 && !(pair.conns[1]?.connected && pair.idle); i++) pair.runStep();
+  return { pair, random };
+}
+
 function report(pair: Pair): string {
   return JSON.stringify(pair.conns.map((conn) => conn?.state));
 }
@@ -483,16 +499,7 @@ describe('StreamConnection', () => {
           migrateAtStep: fc.option(fc.integer({ min: 0, max: 60 }), { nil: null }),
         }),
         (p) => {
-          const random = new Random(p.seed);
-          const faults = { lossRate: p.lossRate, duplicateRate: p.lossRate, delayRate: 0.1 };
-          const pair = new Pair({
-            bufferBytes: p.bufferBytes,
-            faults,
-            random,
-            maxFramesPerStep: 16,
-          });
-          for (let i = 0; i < 10_000 && !(pair.conns[1]?.connected && pair.idle); i++)
-            pair.runStep();
+          const { pair, random } = connectedLossyPair(p.seed, p.bufferBytes, p.lossRate);
           const data = new Uint8Array(p.channelBytes + p.laterBytes);
           new Random(p.seed + 1).fill(data);
           const received: Uint8Array[] = [];
@@ -553,16 +560,7 @@ describe('StreamConnection', () => {
           migrateAtStep: fc.option(fc.integer({ min: 0, max: 60 }), { nil: null }),
         }),
         (p) => {
-          const random = new Random(p.seed);
-          const faults = { lossRate: p.lossRate, duplicateRate: p.lossRate, delayRate: 0.1 };
-          const pair = new Pair({
-            bufferBytes: p.bufferBytes,
-            faults,
-            random,
-            maxFramesPerStep: 16,
-          });
-          for (let i = 0; i < 10_000 && !(pair.conns[1]?.connected && pair.idle); i++)
-            pair.runStep();
+          const { pair } = connectedLossyPair(p.seed, p.bufferBytes, p.lossRate);
           const data = new Uint8Array(p.beforeBytes + p.channelBytes + p.laterBytes);
           new Random(p.seed + 1).fill(data);
           const target = new Uint8Array(p.targetBytes);

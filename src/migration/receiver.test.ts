@@ -25,6 +25,7 @@ import {
   encodePageBatch,
   type MigrationRecord,
   StreamDecoder,
+  tallyRecords,
 } from './codec.ts';
 import { MigrationError, type MigrationErrorCode } from './errors.ts';
 import { digestCrcTable, pageCrcTable } from './page-digest.ts';
@@ -90,11 +91,11 @@ function codeOf(action: () => void): MigrationErrorCode | null {
 
 describe('StreamDecoder landing pages in guest memory', () => {
   const source = sourceMemory(ZERO);
-  const prefix = concat([encodeHeader(), encodeDomainInfo(domainInfo())]);
+  const head = [encodeHeader(), encodeDomainInfo(domainInfo())];
+  const prefix = concat(head);
   const batch = encodePageBatch(4, Uint32Array.from(BATCH), source.bytes).record;
   const state = encodeGuestState(new Uint8Array([9, 9]));
-  // HEADER, DOMAIN_INFO, the batch and the state come before END.
-  const rest = concat([batch, state, encodeEnd({ records: 4, pages: BATCH.length })]);
+  const rest = concat([batch, state, encodeEnd(tallyRecords([...head, batch, state]))]);
 
   /** A decoder past DOMAIN_INFO landing in fresh target memory full of 0xee. */
   function landingDecoder(): { decoder: StreamDecoder; target: Uint8Array } {
@@ -243,7 +244,8 @@ function body(memory: GuestMemory, corruptPage?: number): Uint8Array {
   );
   const records = [first.record, second.record, encodeGuestState(new Uint8Array([1, 2, 3]))];
   // HEADER and DOMAIN_INFO came before.
-  const stream = concat([...records, encodeEnd({ records: 2 + records.length, pages: PAGES })]);
+  const before = [encodeHeader(), encodeDomainInfo(domainInfo()), ...records];
+  const stream = concat([...records, encodeEnd(tallyRecords(before))]);
   if (corruptPage !== undefined) {
     // Pages 8.. are in the second batch, all normal; flip a byte in the middle of the page.
     const secondData = first.record.length + second.record.length - (PAGES - 8) * PAGE_SIZE_BYTES;

@@ -58,8 +58,9 @@ export function receiveMigration(
 ): Promise<ReceiveResult> {
   const stallTimeoutMs = options.stallTimeoutMs ?? STALL_TIMEOUT_MS;
   // Assembly buffers (guest state, channel pages) are reused: fresh multi-MiB buffers cost
-  // page faults. Page batches are not assembled at all once memory is reserved.
-  const decoder = new StreamDecoder({ reuseBuffers: true });
+  // page faults. Page batches are not assembled at all once memory is reserved. Page CRCs are
+  // checked once, where the pages land (`landAssembled` for a batch assembled before that).
+  const decoder = new StreamDecoder({ reuseBuffers: true, verifyPageChecksums: false });
   let info: DomainInfo | null = null;
   let memory: GuestMemory | null = null;
   let crcTable: Uint32Array | null = null;
