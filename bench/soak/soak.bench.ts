@@ -52,6 +52,21 @@ function residentBytes(pid: number | undefined): { now: number; peak: number } {
   }
 }
 
+/** Peak RSS among the samples of the middle and of the last third of [startMs, endMs]. */
+function rssThirds(
+  series: readonly { atMs: number; bytes: number }[],
+  startMs: number,
+  endMs: number,
+): { middle: number; last: number } {
+  const third = (endMs - startMs) / 3;
+  const peakBetween = (from: number, to: number) =>
+    Math.max(0, ...series.filter((s) => s.atMs >= from && s.atMs <= to).map((s) => s.bytes));
+  return {
+    middle: peakBetween(startMs + third, startMs + 2 * third),
+    last: peakBetween(startMs + 2 * third, endMs),
+  };
+}
+
 function soakMode(): XenvmcMode {
   const mode = process.env.BENCH_SOAK_MODE ?? 'advance';
   if (!(XENVMC_MODES as readonly string[]).includes(mode))
@@ -167,6 +182,8 @@ export const soak: Benchmark = {
       ]);
       let grantsPeak = 0;
       const rssBoth = () => residentBytes(h1.process.pid).now + residentBytes(h2.process.pid).now;
+      // Both hosts' RSS at every sample of the loop, to compare its thirds (a leak grows on).
+      const rssSeries: { atMs: number; bytes: number }[] = [];
       const sample = async () => {
         const open = await clientsOpen();
         openMin = Math.min(openMin, open);
@@ -178,8 +195,10 @@ export const soak: Benchmark = {
           grants += view.xenvmc.grantsLive;
         }
         grantsPeak = Math.max(grantsPeak, grants);
+        const rss = rssBoth();
+        rssSeries.push({ atMs: performance.now(), bytes: rss });
         process.stderr.write(
-          `  soak: ${((performance.now() - setupStart) / 1000).toFixed(0)} s, ${completed} migrations (${failed} failed), ${open}/${wanted} connections open, ${grants} channel grants\n`,
+          `  soak: ${((performance.now() - setupStart) / 1000).toFixed(0)} s, ${completed} migrations (${failed} failed), ${open}/${wanted} connections open, ${grants} channel grants, RSS of both hosts ${(rss / MIB).toFixed(0)} MiB\n`,
         );
       };
       await sample();
@@ -217,6 +236,7 @@ export const soak: Benchmark = {
       await sample();
       const rssAtEnd = rssBoth();
       const loopSeconds = (performance.now() - loopStart) / 1000;
+      const thirds = rssThirds(rssSeries, loopStart, performance.now());
 
       // Let every connection carry its last bytes, then check both directions of each.
       const finishDeadline =
@@ -333,6 +353,19 @@ export const soak: Benchmark = {
           target: 'about 1 (must not grow with the duration)',
           pass: null,
           notes: rssAtMiddle === null ? 'no sample past the middle: loop too short' : undefined,
+        },
+        {
+          name: 'RSS of both hosts: peak in the last third of the loop / peak in its middle third',
+          value: thirds.last / MIB,
+          baseline: thirds.middle / MIB,
+          unit: 'MiB',
+          ratio: thirds.middle === 0 ? 0 : thirds.last / thirds.middle,
+          target: 'about 1 (a leak keeps growing)',
+          pass: null,
+          notes:
+            thirds.middle === 0
+              ? 'no sample in the middle third: loop too short for the sample period'
+              : `samples (MiB, every ${sampleSeconds} s): ${rssSeries.map((s) => (s.bytes / MIB).toFixed(0)).join(' ')}`,
         },
       ];
       if (lostOrDuplicated !== 0 || mismatched !== 0) {

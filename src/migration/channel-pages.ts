@@ -4,11 +4,11 @@
  * a page written through a grant mapping is marked dirty when the mapping is removed.
  *
  * Method: a channel page counts as dirty when its bytes differ from what was last sent (a
- * CRC-32 per page; the regions are small, a few hundred KiB per channel). Round 1 sends every
+ * CRC-32C per page; the regions are small, a few hundred KiB per channel). Round 1 sends every
  * page, the final round sends every page again (the mappings are removed at the pause, which
  * marks them all dirty).
  */
-import { crc32 } from 'node:zlib';
+import { crc32c } from '../core/checksum.ts';
 import { PAGE_SIZE_BYTES } from '../core/units.ts';
 
 export interface ChannelPagesSource {
@@ -38,7 +38,7 @@ export class ChannelPagesTracker implements ChannelPagesSource {
         const copy = new Uint8Array(PAGE_SIZE_BYTES);
         copy.set(bytes.subarray(page * PAGE_SIZE_BYTES, (page + 1) * PAGE_SIZE_BYTES));
         // +1 so that a never-sent page (0 in the table) always differs.
-        const crc = crc32(copy) + 1;
+        const crc = crc32c(copy) + 1;
         if (final || sent[page] !== crc) {
           pages.push(copy);
           sent[page] = crc;

@@ -10,8 +10,8 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { crc32 } from 'node:zlib';
 import fc from 'fast-check';
+import { crc32c } from '../core/checksum.ts';
 import { Random } from '../core/random.ts';
 import { PAGE_SIZE_BYTES } from '../core/units.ts';
 import { MAX_DOMAIN_PAGES, type MemoryLayout } from '../memory/layout.ts';
@@ -109,9 +109,9 @@ function forgeHeader(magic = STREAM_MAGIC, version = STREAM_VERSION): Uint8Array
   return forgeRecord(RECORD_TYPE.header, u32le(magic, version));
 }
 
-/** A body of the types that carry one: u32 crc32 of `payload`, then `payload`. */
+/** A body of the types that carry one: u32 crc32c of `payload`, then `payload`. */
 function withCrc(payload: Uint8Array): Uint8Array {
-  return concat([u32le(crc32(payload)), payload]);
+  return concat([u32le(crc32c(payload)), payload]);
 }
 
 function forgeDomainInfo(info: unknown): Uint8Array {
@@ -127,11 +127,11 @@ function forgeBatch(
   kinds: number[] = pages.map((page) => (page === null ? 1 : 0)),
 ): Uint8Array {
   const count = pageIndices.length;
-  const crcs = pages.map((page) => (page === null ? ZERO_PAGE_CRC : crc32(page)));
+  const crcs = pages.map((page) => (page === null ? ZERO_PAGE_CRC : crc32c(page)));
   const kindBytes = new Uint8Array(Math.ceil(count / 4) * 4);
   kindBytes.set(kinds);
   const meta = concat([u32le(...pageIndices), u32le(...crcs), kindBytes.subarray(0, count)]);
-  const metaCrc = crc32(meta, crc32(u32le(round, count)));
+  const metaCrc = crc32c(meta, crc32c(u32le(round, count)));
   const data = pages.filter((page): page is Uint8Array => page !== null);
   return forgeRecord(
     RECORD_TYPE.pageBatch,
@@ -227,7 +227,7 @@ describe('encodePageBatch', () => {
     assert.deepEqual(encoded.record, forgeBatch(7, indices, pages));
     assert.deepEqual(
       [...encoded.pageCrcs],
-      [...pages.map((page) => (page === null ? ZERO_PAGE_CRC : crc32(page)))],
+      [...pages.map((page) => (page === null ? ZERO_PAGE_CRC : crc32c(page)))],
     );
   });
 
@@ -239,7 +239,7 @@ describe('encodePageBatch', () => {
     assert.equal(mixed.record.length, recordBytes(pageBatchBodyBytes(4, 1)));
     const full = encodePageBatch(1, Uint32Array.from([13, 14, 15, 16]), memory);
     assert.equal(full.record.length - mixed.record.length, 3 * PAGE_SIZE_BYTES);
-    assert.equal(ZERO_PAGE_CRC, crc32(new Uint8Array(PAGE_SIZE_BYTES)));
+    assert.equal(ZERO_PAGE_CRC, crc32c(new Uint8Array(PAGE_SIZE_BYTES)));
   });
 
   it('fits a full batch of normal pages in MAX_RECORD_BODY_BYTES exactly', () => {
@@ -497,7 +497,7 @@ describe('StreamDecoder rejects', () => {
     const view = new DataView(batch.buffer);
     view.setUint32(8 + 16, 1234, true);
     const meta = batch.subarray(8 + 12, 8 + 12 + 9);
-    view.setUint32(8 + 8, crc32(meta, crc32(batch.subarray(8, 16))), true);
+    view.setUint32(8 + 8, crc32c(meta, crc32c(batch.subarray(8, 16))), true);
     assert.equal(rejectCode(streamOf(batch)), 'STREAM_CHECKSUM');
   });
 
@@ -664,7 +664,7 @@ describe('StreamDecoder rejects', () => {
     const good = forgeBatch(1, [0, 1], [page, null]);
     const badKind = forgeBatch(1, [0, 1], [page, null], [0, 2]);
     const lyingKind = forgeBatch(1, [0, 1], [page, null], [0, 0]);
-    const empty = forgeRecord(RECORD_TYPE.pageBatch, u32le(1, 0, crc32(u32le(1, 0))));
+    const empty = forgeRecord(RECORD_TYPE.pageBatch, u32le(1, 0, crc32c(u32le(1, 0))));
     const tooMany = forgeRecord(RECORD_TYPE.pageBatch, u32le(1, MAX_BATCH_PAGES + 1, 0));
     const short = forgeRecord(RECORD_TYPE.pageBatch, u32le(1, 2, 0, 0));
     const tiny = forgeRecord(RECORD_TYPE.pageBatch, new Uint8Array(4));

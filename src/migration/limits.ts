@@ -57,4 +57,4 @@ export const MAX_ANY_RECORD_BODY_BYTES = Math.max(
 export const STREAM_MAGIC = 0x584d4947;
 
 /** Stream format version; bump on any incompatible change to the record layouts. */
-export const STREAM_VERSION = 2;
+export const STREAM_VERSION = 3;

@@ -1,7 +1,7 @@
 /**
  * The target side of a pre-copy migration. It validates every record (the codec), reserves
  * memory when the domain info arrives (the host may refuse), lands pages straight from the
- * socket's chunks in the reserved memory, checks each page's CRC-32 on its bytes there, and on
+ * socket's chunks in the reserved memory, checks each page's CRC-32C on its bytes there, and on
  * END boots the domain from its GuestState and tells the source, with a digest of the per-page
  * CRC table, that the domain runs here.
  *
@@ -20,7 +20,7 @@
  */
 
 import type net from 'node:net';
-import { crc32 } from 'node:zlib';
+import { crc32c } from '../core/checksum.ts';
 import { describeError, isTestbedError } from '../core/errors.ts';
 import { PAGE_SIZE_BYTES } from '../core/units.ts';
 import { encodeControlMessage } from '../hypervisor/peer-link.ts';
@@ -153,11 +153,11 @@ export function receiveMigration(
         }
         memory!.loadPage(page, record.data.subarray(dataOffset, dataOffset + PAGE_SIZE_BYTES));
         dataOffset += PAGE_SIZE_BYTES;
-        const landed = crc32(memory!.page(page));
+        const landed = crc32c(memory!.page(page));
         if (landed !== record.pageCrcs[i]) {
           throw new MigrationError(
             'STREAM_CHECKSUM',
-            `page ${page} of round ${record.round} failed its CRC-32 check`,
+            `page ${page} of round ${record.round} failed its CRC-32C check`,
           );
         }
         crcTable![page] = landed;

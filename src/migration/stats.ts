@@ -62,7 +62,7 @@ export interface MigrationStats {
   /** Pages of channel regions sent, all rounds (included in `pagesSent`). */
   channelPagesSent: number;
   guestStateBytes: number;
-  /** Every page's CRC-32 on the target at resume equals the source's at the pause. */
+  /** Every page's CRC-32C on the target at resume equals the source's at the pause. */
   memoryVerified: boolean;
   /** Wall-clock ISO time at which the migration command started. */
   startedAt: string;
