@@ -487,7 +487,8 @@ export class Host {
         record.stats = await sendMigration(
           {
             clock: this.clock,
-            send: (chunk) => this.shaper.send(link.socket, chunk, 'migration'),
+            send: (chunk, onReleased) =>
+              this.shaper.send(link.socket, chunk, 'migration', onReleased),
             reader: link.reader,
             close: () => link.socket.destroy(),
             stallTimeoutMs: this.init.stallTimeoutMs ?? STALL_TIMEOUT_MS,

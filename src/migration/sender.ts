@@ -64,8 +64,12 @@ export interface MigratingDomain {
 
 export interface SenderComponents {
   clock: Clock;
-  /** Writes to the link through the host's egress shaper, honouring backpressure. */
-  send: (chunk: Uint8Array) => Promise<void>;
+  /**
+   * Writes to the link through the host's egress shaper, honouring backpressure: resolves when
+   * more may be sent. `onReleased` is called once nothing reads `chunk` any more (its last byte
+   * handed to the kernel, or the send failed); only then may the caller write to it again.
+   */
+  send: (chunk: Uint8Array, onReleased?: () => void) => Promise<void>;
   /** A write that does not complete in this time means the link stalled: abort. */
   stallTimeoutMs: number;
   reader: ControlReader;
@@ -117,9 +121,9 @@ export async function sendMigration(
   const { clock, reader } = components;
   // What END will say was sent before it: every record (one per `send`), and batch pages.
   const tally: StreamTally = { records: 0, pages: 0 };
-  const send = (record: Uint8Array): Promise<void> => {
+  const send = (record: Uint8Array, onReleased?: () => void): Promise<void> => {
     tally.records++;
-    return withStallTimeout(components.send(record), components.stallTimeoutMs);
+    return withStallTimeout(components.send(record, onReleased), components.stallTimeoutMs);
   };
   const { domain, policy } = init;
   const memory = domain.memory;
@@ -132,12 +136,14 @@ export async function sendMigration(
   const rounds: RoundStats[] = [];
   // Records are built in two buffers used in turn, allocated (and page-faulted) once: a fresh
   // 4 MiB buffer per batch costs as much as checksumming it (first touch is 13.7 us/page
-  // here). Reuse is safe because `send` resolves only once the shaper has handed the whole
-  // record to the kernel (it awaits 'drain'), and a buffer is written again only after the
-  // send of the record it held resolved.
-  const recordBuffers = [0, 1].map(
-    () => new Uint8Array(recordBytes(pageBatchBodyBytes(PAGES_PER_RECORD, PAGES_PER_RECORD))),
-  );
+  // here). A buffer is written again only once the transport released the record it held
+  // (`onReleased`), not when its send resolved: a small record (a batch of zero pages) can
+  // still sit in Node's write queue behind a full socket buffer then. Reusing on resolve
+  // corrupted one record in 2,338 migrations of a 20-minute soak (the target refused it).
+  const recordBuffers = [0, 1].map(() => ({
+    bytes: new Uint8Array(recordBytes(pageBatchBodyBytes(PAGES_PER_RECORD, PAGES_PER_RECORD))),
+    released: Promise.resolve(),
+  }));
   let nextRecordBuffer = 0;
   const progress = (p: Omit<MigrationProgress, 'elapsedMs' | 'pagesSentTotal' | 'bytesOnWire'>) =>
     init.onProgress?.({
@@ -176,11 +182,16 @@ export async function sendMigration(
     let inFlight: Promise<void> | null = null;
     for (let first = 0; first < pages.length; first += PAGES_PER_RECORD) {
       const batch = pages.subarray(first, first + PAGES_PER_RECORD);
-      const into = recordBuffers[nextRecordBuffer]!;
+      const buffer = recordBuffers[nextRecordBuffer]!;
       nextRecordBuffer = 1 - nextRecordBuffer;
-      const encoded = encodePageBatch(round, batch, memory.bytes, { into });
+      await withStallTimeout(buffer.released, components.stallTimeoutMs);
+      const encoded = encodePageBatch(round, batch, memory.bytes, { into: buffer.bytes });
       if (inFlight) await inFlight;
-      inFlight = send(encoded.record);
+      let release = () => {};
+      buffer.released = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      inFlight = send(encoded.record, release);
       tally.pages += batch.length;
       result.pagesSent += batch.length;
       result.zeroPages += encoded.zeroPages;

@@ -179,10 +179,12 @@ class Loopback {
   }
 
   /** A connected client and the server's end of it. */
-  async connect(): Promise<{ client: net.Socket; peer: net.Socket }> {
+  async connect(highWaterMark?: number): Promise<{ client: net.Socket; peer: net.Socket }> {
     const peerReady = new Promise<net.Socket>((resolve) => this.waiting.push(resolve));
     const address = this.server.address() as net.AddressInfo;
-    const client = net.connect(address.port, '127.0.0.1');
+    // Node 20 honours `highWaterMark` here (stream options); @types/node does not list it.
+    const options = { port: address.port, host: '127.0.0.1', highWaterMark };
+    const client = net.connect(options as net.NetConnectOpts);
     this.sockets.add(client);
     client.on('close', () => this.sockets.delete(client));
     await once(client, 'connect');
@@ -259,6 +261,49 @@ describe('EgressShaper', () => {
         }),
         { seed: 7_031_977, numRuns: 4 },
       );
+    });
+  }
+
+  for (const mode of modes) {
+    it(`releases a chunk only once its bytes left Node, or the send failed (${mode.name})`, async () => {
+      const shaper = new EgressShaper({ clock: realClock }, mode.init);
+      // A high-water mark above the chunk: the send may resolve while Node still holds bytes
+      // of it (as a small record does behind a full socket buffer with the default mark).
+      const { client, peer } = await loopback.connect(64 * 1024 * 1024);
+      // The peer reads nothing at first: 16 MiB cannot all fit in the kernel's buffers.
+      peer.pause();
+      const chunk = randomBytes(3, 16 * 1024 * 1024);
+      let released = 0;
+      let resolved = false;
+      const sent = shaper.send(client, chunk, 'migration', () => released++);
+      void sent.then(() => {
+        resolved = true;
+      });
+      await sleepMs(100);
+      assert.ok(client.writableLength > 0, 'Node still holds bytes of the chunk');
+      if (mode.init.latencyMs === undefined) assert.ok(resolved, 'the send resolved already');
+      assert.equal(released, 0, 'released while part of the chunk still waits to be written');
+      const received = receiveAll(peer);
+      peer.resume();
+      await sent;
+      await shaper.flush(client);
+      while (released === 0 && client.writableLength > 0) await sleepMs(5);
+      await sleepMs(5);
+      assert.equal(released, 1, 'released once, after every byte left');
+      client.end();
+      assert.ok(Buffer.from(chunk).equals(await received), 'the bytes arrived whole');
+
+      // A send that fails releases its chunk too (nothing will read it any more).
+      const second = await loopback.connect();
+      second.peer.pause();
+      let releasedOnFailure = 0;
+      const failing = shaper.send(second.client, chunk, 'migration', () => releasedOnFailure++);
+      await sleepMs(20);
+      second.peer.destroy();
+      second.client.destroy();
+      await failing.catch(() => {});
+      await sleepMs(20);
+      assert.equal(releasedOnFailure, 1, 'a failed send released its chunk once');
     });
   }
 

@@ -235,12 +235,16 @@ interface SendJob {
   offsetBytes: number;
   readonly resolve: () => void;
   readonly reject: (error: unknown) => void;
+  /** The caller's `onReleased`, until it is handed to the write of the chunk's last bytes. */
+  onReleased: (() => void) | undefined;
 }
 
 /** A slice on the delay line: it reaches the socket at `dueMs`. */
 interface DelayedSlice {
   readonly bytes: Uint8Array;
   readonly dueMs: number;
+  /** The send's `onReleased`, on the slice that ends its chunk. */
+  readonly onReleased: (() => void) | undefined;
 }
 
 /**
@@ -332,20 +336,39 @@ export class EgressShaper {
    *
    * With latency, the bytes reach the socket up to `latencyMs` after this resolves: call
    * `flush(socket)` before ending the socket, or the bytes still on the wire are dropped.
+   *
+   * Resolving does not give `chunk` back: its last bytes may still wait in Node's write queue
+   * or on the delay line. A caller that wants to reuse the memory passes `onReleased`, called
+   * once nothing will read `chunk` any more (its last byte handed to the kernel, or the send
+   * failed). The migration sender reuses its record buffers that way; it once reused them on
+   * resolve, and a small record queued behind a full socket buffer was overwritten before it
+   * left (a soak saw the target refuse a batch for its checksum).
    */
-  send(socket: Socket, chunk: Uint8Array, trafficClass: TrafficClass): Promise<void> {
+  send(
+    socket: Socket,
+    chunk: Uint8Array,
+    trafficClass: TrafficClass,
+    onReleased?: () => void,
+  ): Promise<void> {
     if (this.direct && !this.lanes.has(socket)) {
       // The fast path: nothing queued on this socket, so a write now keeps the order.
       const closed = closedError(socket, 'before the send');
-      if (closed !== null) return Promise.reject(closed);
+      if (closed !== null) {
+        onReleased?.();
+        return Promise.reject(closed);
+      }
       if (!socket.writableNeedDrain) {
         this.count(trafficClass, chunk.byteLength);
-        if (chunk.byteLength === 0 || socket.write(chunk)) return RESOLVED;
+        if (chunk.byteLength === 0) {
+          onReleased?.();
+          return RESOLVED;
+        }
+        if (socket.write(chunk, releaseCallback(onReleased))) return RESOLVED;
         // Written but over the high-water mark: queue a job that only waits for 'drain'.
-        return this.enqueue(socket, chunk, trafficClass, chunk.byteLength);
+        return this.enqueue(socket, chunk, trafficClass, chunk.byteLength, undefined);
       }
     }
-    return this.enqueue(socket, chunk, trafficClass, 0);
+    return this.enqueue(socket, chunk, trafficClass, 0, onReleased);
   }
 
   /**
@@ -365,18 +388,20 @@ export class EgressShaper {
     chunk: Uint8Array,
     trafficClass: TrafficClass,
     offsetBytes: number,
+    onReleased: (() => void) | undefined,
   ): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       let lane = this.lanes.get(socket);
       if (lane === undefined) {
         const closed = closedError(socket, 'before the send');
         if (closed !== null) {
+          onReleased?.();
           reject(closed);
           return;
         }
         lane = this.openLane(socket);
       }
-      lane.jobs.push({ chunk, trafficClass, offsetBytes, resolve, reject });
+      lane.jobs.push({ chunk, trafficClass, offsetBytes, resolve, reject, onReleased });
       if (!lane.pumping) void this.pump(lane);
     });
   }
@@ -446,8 +471,11 @@ export class EgressShaper {
       const slice = job.chunk.subarray(job.offsetBytes, job.offsetBytes + sliceBytes);
       job.offsetBytes += sliceBytes;
       this.count(job.trafficClass, sliceBytes);
-      if (this.latencyMs > 0) this.putOnDelayLine(lane, slice);
-      else lane.socket.write(slice);
+      // The chunk's last slice carries the release: writes complete in order.
+      const onReleased = job.offsetBytes === lengthBytes ? job.onReleased : undefined;
+      if (onReleased) job.onReleased = undefined;
+      if (this.latencyMs > 0) this.putOnDelayLine(lane, slice, onReleased);
+      else lane.socket.write(slice, releaseCallback(onReleased));
     }
     // Backpressure: resolve only when the caller may send more.
     if (!this.canWrite(lane)) await this.waitWritable(lane);
@@ -512,8 +540,8 @@ export class EgressShaper {
     });
   }
 
-  private putOnDelayLine(lane: Lane, slice: Uint8Array): void {
-    lane.delayLine.push({ bytes: slice, dueMs: this.clock.nowMs() + this.latencyMs });
+  private putOnDelayLine(lane: Lane, slice: Uint8Array, onReleased?: () => void): void {
+    lane.delayLine.push({ bytes: slice, dueMs: this.clock.nowMs() + this.latencyMs, onReleased });
     lane.delayLineBytes += slice.byteLength;
     if (lane.deliveryTimer === null) {
       lane.deliveryTimer = this.clock.setTimer(this.latencyMs, () => this.deliver(lane));
@@ -536,7 +564,7 @@ export class EgressShaper {
       lane.delayLineBytes -= head.bytes.byteLength;
       // Slices already on the wire reach the socket even above its high-water mark; the
       // pump stops admitting new ones until 'drain', which bounds the socket's buffer.
-      lane.socket.write(head.bytes);
+      lane.socket.write(head.bytes, releaseCallback(head.onReleased));
       deliveredCount++;
       head = lane.delayLine[deliveredCount];
     }
@@ -563,9 +591,14 @@ export class EgressShaper {
     this.closeLane(lane);
     lane.deliveryTimer?.cancel();
     lane.deliveryTimer = null;
+    // Nothing will read what was never written: give it back.
+    for (const slice of lane.delayLine) slice.onReleased?.();
     lane.delayLine = [];
     lane.delayLineBytes = 0;
-    for (const job of lane.jobs.splice(0)) job.reject(error);
+    for (const job of lane.jobs.splice(0)) {
+      job.onReleased?.();
+      job.reject(error);
+    }
     for (const waiter of lane.flushWaiters.splice(0)) waiter.reject(error);
     lane.interrupt?.(error);
   }
@@ -581,6 +614,11 @@ export class EgressShaper {
     lane.socket.off('error', lane.onError);
     if (this.lanes.get(lane.socket) === lane) this.lanes.delete(lane.socket);
   }
+}
+
+/** A socket write callback that calls `onReleased` whatever the outcome (an error too). */
+function releaseCallback(onReleased: (() => void) | undefined): (() => void) | undefined {
+  return onReleased === undefined ? undefined : () => onReleased();
 }
 
 /** Throws the lane's failure, or `LINK_CLOSED` if its socket can no longer take writes. */
