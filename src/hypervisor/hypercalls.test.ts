@@ -173,6 +173,11 @@ describe('answerHypercall', () => {
   });
 });
 
+/** Lets a port's close, done in another thread, reach its entangled end in this one. */
+async function settleClose(): Promise<void> {
+  for (let turn = 0; turn < 5; turn++) await new Promise((resolve) => setTimeout(resolve, 20));
+}
+
 describe('serveHypercall', () => {
   it('answers a bind whose owner closed its end with NOT_GRANTED instead of throwing', async () => {
     const { call, components, grants, doms, logged } = setUp();
@@ -190,6 +195,9 @@ describe('serveHypercall', () => {
     owner.postMessage({ end: allocated.endpoint }, [allocated.endpoint!]);
     await once(owner, 'message');
     await owner.terminate();
+    // The close reaches the entangled end Dom0 keeps asynchronously (a message between
+    // threads): give it time, or on a loaded machine that end is not detached yet.
+    await settleClose();
     const guestPort = new MessageChannel();
     const post = (reply: XenvmcReply, transfer: MessagePort[]) =>
       guestPort.port1.postMessage(reply, transfer);
@@ -224,6 +232,7 @@ describe('serveHypercall', () => {
     owner2.postMessage({ end: second.endpoint }, [second.endpoint!]);
     await once(owner2, 'message');
     await owner2.terminate();
+    await settleClose();
     assert.doesNotThrow(
       () => serveHypercall(components, doms.b, { ...again, port: second.port! }, post),
       'serveHypercall never throws',
