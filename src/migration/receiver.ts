@@ -25,12 +25,16 @@ import { describeError, isTestbedError } from '../core/errors.ts';
 import { PAGE_SIZE_BYTES } from '../core/units.ts';
 import { encodeControlMessage } from '../hypervisor/peer-link.ts';
 import type { GuestMemory } from '../memory/guest-memory.ts';
+import { readInto } from '../net/read-into.ts';
 import { type DomainInfo, type MigrationRecord, StreamDecoder, ZERO_PAGE_CRC } from './codec.ts';
 import { MigrationError } from './errors.ts';
 import { digestCrcTable } from './page-digest.ts';
 
 /** A source that sends nothing for this long is taken for dead and its copy discarded (default). */
 export const STALL_TIMEOUT_MS = 30_000;
+
+/** What one read of the link may bring: a quarter of a 1 MiB record, and it stays in cache. */
+const READ_BUFFER_BYTES = 256 * 1024;
 
 export interface IncomingMigrationHost {
   /** Reserves (and pre-touches) memory and starts the domain's thread; throws to refuse. */
@@ -81,7 +85,7 @@ export function receiveMigration(
       settled = true;
       socket.setTimeout(0);
       socket.off('timeout', onTimeout);
-      socket.off('data', onData);
+      // Reads that still come (readInto's listener stays) find `settled` and are dropped.
       socket.off('end', onEnd);
       socket.off('error', onError);
       socket.off('close', onClose);
@@ -235,13 +239,14 @@ export function receiveMigration(
     /** Decodes a chunk and applies its records; throws what the decoder or a record throws. */
     const consume = (chunk: Uint8Array): void => {
       if (stepping) {
-        waiting.push(chunk); // read before the pause took effect
+        // Read before the pause took effect; a copy, as the read buffer is reused.
+        waiting.push(new Uint8Array(chunk));
         return;
       }
       applyFrom(decoder.push(chunk), 0);
     };
 
-    function onData(chunk: Buffer): void {
+    function onData(chunk: Uint8Array): void {
       if (settled) return;
       try {
         consume(chunk);
@@ -293,7 +298,12 @@ export function receiveMigration(
     } catch (error) {
       fail(error);
     }
-    socket.on('data', onData);
+    // One reused read buffer, not a fresh 64 KiB Buffer per read (`net/read-into.ts`: that
+    // allocation and its garbage collection were the receiver's largest cost).
+    readInto(socket, new Uint8Array(READ_BUFFER_BYTES), (bytes) => {
+      onData(bytes);
+      return true;
+    });
     // The peer link's reader handed the socket over paused.
     if (!stepping && !settled) socket.resume();
   });
