@@ -3,9 +3,10 @@
  * network benchmarks (bench/net/netfront.bench.ts, bench/net/channel.bench.ts) measure in the
  * same run as the paths they compare with it.
  *
- * Method. Throughput: a source worker writes `bytes` in `messageBytes` writes, honouring
- * backpressure; the sink worker times the bytes after its first arrival over its
- * first-to-last arrival interval, as the netbench sink does (src/workloads/netbench.ts).
+ * Method. Throughput: a source worker listens and writes `bytes` in `messageBytes` writes,
+ * honouring backpressure; the sink worker connects, reads into one reused buffer (`onread`,
+ * which Node offers to the sockets it connects) and times the bytes after its first arrival
+ * over its first-to-last arrival interval, as the netbench sink does (src/workloads/netbench.ts).
  * Latency: a ping worker against an echo worker, both with `setNoDelay`, one message in
  * flight; the round trips after the warm-up are returned.
  */
@@ -16,36 +17,44 @@ export const TCP_PING_MESSAGE_BYTES_DEFAULT = 64;
 
 /**
  * The workers' code: plain JavaScript evaluated in each worker (no TypeScript loader needed
- * there). Roles: `sink` and `echo` listen on 127.0.0.1 port 0 and post their port; `source`
+ * there). Roles: `source` and `echo` listen on 127.0.0.1 port 0 and post their port; `sink`
  * and `ping` connect to it. The sink times its arrivals as the netbench sink does.
  */
 const TCP_WORKER_CODE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const net = require('node:net');
 const { role, port, bytes, messageBytes, rounds, warmupRounds } = workerData;
-if (role === 'sink' || role === 'echo') {
+if (role === 'echo') {
   const server = net.createServer((socket) => {
     server.close();
-    let received = 0, firstMs = -1, lastMs = -1, firstBytes = 0;
-    if (role === 'echo') socket.setNoDelay(true);
-    socket.on('data', (chunk) => {
-      if (role === 'echo') { socket.write(chunk); return; }
-      const nowMs = performance.now();
-      if (firstMs < 0) { firstMs = nowMs; firstBytes = chunk.length; }
-      lastMs = nowMs;
-      received += chunk.length;
-    });
-    socket.on('end', () => {
-      socket.end();
-      const elapsedMs = lastMs - firstMs;
-      if (role === 'sink') parentPort.postMessage({ received, firstBytes, elapsedMs });
-    });
+    socket.setNoDelay(true);
+    socket.on('data', (chunk) => socket.write(chunk));
+    socket.on('end', () => socket.end());
   });
   server.listen(0, '127.0.0.1', () => parentPort.postMessage({ port: server.address().port }));
+} else if (role === 'sink') {
+  // Reads into one reused buffer (onread), as the channel's and netfront's sinks do: Node's
+  // 'data' events cost a fresh 64 KiB Buffer per read and made this baseline slower.
+  let received = 0, firstMs = -1, lastMs = -1, firstBytes = 0;
+  const buffer = Buffer.alloc(256 * 1024);
+  const socket = net.connect({ port, host: '127.0.0.1', onread: { buffer, callback: (length) => {
+    const nowMs = performance.now();
+    if (firstMs < 0) { firstMs = nowMs; firstBytes = length; }
+    lastMs = nowMs;
+    received += length;
+    return true;
+  } } });
+  socket.on('end', () => {
+    socket.end();
+    parentPort.postMessage({ received, firstBytes, elapsedMs: lastMs - firstMs });
+  });
 } else if (role === 'source') {
+  // Listens, and writes to the sink that connects.
   const message = Buffer.alloc(messageBytes, 7);
   let sent = 0;
-  const socket = net.connect(port, '127.0.0.1', () => {
+  const server = net.createServer((socket) => {
+    server.close();
+    socket.on('close', () => parentPort.postMessage({ sent }));
     const pump = () => {
       while (sent < bytes) {
         const size = Math.min(messageBytes, bytes - sent);
@@ -58,9 +67,9 @@ if (role === 'sink' || role === 'echo') {
       socket.end();
     };
     pump();
+    socket.resume();
   });
-  socket.resume();
-  socket.on('close', () => parentPort.postMessage({ sent }));
+  server.listen(0, '127.0.0.1', () => parentPort.postMessage({ port: server.address().port }));
 } else {
   const message = Buffer.alloc(messageBytes, 7);
   const rttMs = [];
@@ -115,20 +124,20 @@ function startTcpWorker(data: Record<string, number | string>): {
 
 /** Kernel TCP loopback throughput in bytes/s, timed by the sink like the netbench sink. */
 export async function tcpThroughput(messageBytes: number, bytes: number): Promise<number> {
-  const sink = startTcpWorker({ role: 'sink' });
+  const source = startTcpWorker({ role: 'source', bytes, messageBytes });
   try {
-    const { port } = await sink.next<{ port: number }>();
-    const source = startTcpWorker({ role: 'source', port, bytes, messageBytes });
+    const { port } = await source.next<{ port: number }>();
+    const sink = startTcpWorker({ role: 'sink', port });
     try {
       const result = await sink.next<{ received: number; firstBytes: number; elapsedMs: number }>();
       if (result.received !== bytes)
         throw new Error(`kernel TCP sink got ${result.received} of ${bytes} B`);
       return ((result.received - result.firstBytes) * 1000) / result.elapsedMs;
     } finally {
-      await source.worker.terminate();
+      await sink.worker.terminate();
     }
   } finally {
-    await sink.worker.terminate();
+    await source.worker.terminate();
   }
 }
 
