@@ -55,7 +55,7 @@
  *   version 2: 14 % less sender CPU per GiB here). It is still the largest cost the engine
  *   adds on both sides; a cryptographic hash would be several times slower, and we defend
  *   against faults, not adversaries.
- * - Speed: the engine must keep up with loopback TCP (1-3 GB/s here), so no per-byte JS loops over
+ * - Speed: the engine must keep up with loopback TCP (4-5 GB/s here), so no per-byte JS loops over
  *   page data: zero detection is `Buffer.compare` (memcmp) against a shared zero page, copies
  *   to and from guest memory are `copyBytes` (memcpy: `TypedArray.set` copies byte by byte
  *   between a SharedArrayBuffer and a buffer of another alignment), checksums are
