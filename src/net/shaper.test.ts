@@ -279,16 +279,25 @@ describe('EgressShaper', () => {
       void sent.then(() => {
         resolved = true;
       });
-      await sleepMs(100);
+      // Until Node holds bytes of the chunk (and, without latency, the send resolved): timers
+      // run late on a busy machine, so poll rather than sleep a fixed time.
+      const noLatency = mode.init.latencyMs === undefined;
+      for (const until = performance.now() + 5000; performance.now() < until; ) {
+        if (client.writableLength > 0 && (resolved || !noLatency)) break;
+        await sleepMs(10);
+      }
       assert.ok(client.writableLength > 0, 'Node still holds bytes of the chunk');
-      if (mode.init.latencyMs === undefined) assert.ok(resolved, 'the send resolved already');
+      if (noLatency) assert.ok(resolved, 'the send resolved already');
       assert.equal(released, 0, 'released while part of the chunk still waits to be written');
       const received = receiveAll(peer);
       peer.resume();
       await sent;
       await shaper.flush(client);
-      while (released === 0 && client.writableLength > 0) await sleepMs(5);
-      await sleepMs(5);
+      for (const until = performance.now() + 5000; performance.now() < until; ) {
+        if (released > 0) break;
+        await sleepMs(10);
+      }
+      await sleepMs(20); // time for a second, wrong, release to show
       assert.equal(released, 1, 'released once, after every byte left');
       client.end();
       assert.ok(Buffer.from(chunk).equals(await received), 'the bytes arrived whole');
@@ -302,7 +311,11 @@ describe('EgressShaper', () => {
       second.peer.destroy();
       second.client.destroy();
       await failing.catch(() => {});
-      await sleepMs(20);
+      for (const until = performance.now() + 5000; performance.now() < until; ) {
+        if (releasedOnFailure > 0) break;
+        await sleepMs(10);
+      }
+      await sleepMs(20); // time for a second, wrong, release to show
       assert.equal(releasedOnFailure, 1, 'a failed send released its chunk once');
     });
   }

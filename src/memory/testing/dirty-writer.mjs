@@ -12,6 +12,8 @@ const page = new Uint8Array(4096);
 const stamp = new Uint32Array(page.buffer, 0, 1);
 let seed = workerData.seed >>> 0;
 let writes = 0;
+// Say when the writing starts: loading tsx and the module can take a while on a busy machine.
+parentPort.postMessage({ started: true });
 while (Atomics.load(stop, 0) === 0) {
   seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
   page.fill(writes & 0xff);
