@@ -173,8 +173,21 @@ describe('answerHypercall', () => {
   });
 });
 
-/** Lets a port's close, done in another thread, reach its entangled end in this one. */
-async function settleClose(): Promise<void> {
+/**
+ * Hands `end` to a guest thread, which closes it and then says so: from then on the end Dom0
+ * keeps for the peer is detached (closing happens-before that message). The close reaches that
+ * entangled end asynchronously (a message between threads): give it time, or on a loaded
+ * machine it is not detached yet.
+ */
+async function closeInGuestThread(end: MessagePort): Promise<void> {
+  const owner = new Worker(
+    `const { parentPort } = require('node:worker_threads');
+     parentPort.once('message', ({ end }) => { end.close(); parentPort.postMessage('closed'); });`,
+    { eval: true },
+  );
+  owner.postMessage({ end }, [end]);
+  await once(owner, 'message');
+  await owner.terminate();
   for (let turn = 0; turn < 5; turn++) await new Promise((resolve) => setTimeout(resolve, 20));
 }
 
@@ -185,19 +198,8 @@ describe('serveHypercall', () => {
       call(doms.a, { type: 'xenvmc', id: 20, op: 'evtchnAlloc', peerDomId: 2 }).reply,
       'evtchnAlloc',
     );
-    // The owner's end goes to a guest thread, which closes it and then says so: from then on
-    // the end Dom0 keeps for the peer is detached (closing happens-before that message).
-    const owner = new Worker(
-      `const { parentPort } = require('node:worker_threads');
-       parentPort.once('message', ({ end }) => { end.close(); parentPort.postMessage('closed'); });`,
-      { eval: true },
-    );
-    owner.postMessage({ end: allocated.endpoint }, [allocated.endpoint!]);
-    await once(owner, 'message');
-    await owner.terminate();
-    // The close reaches the entangled end Dom0 keeps asynchronously (a message between
-    // threads): give it time, or on a loaded machine that end is not detached yet.
-    await settleClose();
+    // The owner's end goes to a guest thread, which closes it.
+    await closeInGuestThread(allocated.endpoint!);
     const guestPort = new MessageChannel();
     const post = (reply: XenvmcReply, transfer: MessagePort[]) =>
       guestPort.port1.postMessage(reply, transfer);
@@ -224,15 +226,7 @@ describe('serveHypercall', () => {
       call(doms.a, { type: 'xenvmc', id: 23, op: 'evtchnAlloc', peerDomId: 2 }).reply,
       'second evtchnAlloc',
     );
-    const owner2 = new Worker(
-      `const { parentPort } = require('node:worker_threads');
-       parentPort.once('message', ({ end }) => { end.close(); parentPort.postMessage('closed'); });`,
-      { eval: true },
-    );
-    owner2.postMessage({ end: second.endpoint }, [second.endpoint!]);
-    await once(owner2, 'message');
-    await owner2.terminate();
-    await settleClose();
+    await closeInGuestThread(second.endpoint!);
     assert.doesNotThrow(
       () => serveHypercall(components, doms.b, { ...again, port: second.port! }, post),
       'serveHypercall never throws',

@@ -988,12 +988,7 @@ export class StreamDecoder {
 
   /** END: what the source says it sent must be what arrived. */
   private decodeEnd(bytes: Uint8Array, start: number): MigrationRecord {
-    if (this.bodyLength !== END_BODY_BYTES) {
-      throw this.error(
-        'STREAM_MALFORMED',
-        `END body is ${this.bodyLength} bytes, expected ${END_BODY_BYTES}`,
-      );
-    }
+    this.requireBodyLength('END', END_BODY_BYTES);
     const records = readU32(bytes, start);
     const pages = readU32(bytes, start + 4);
     const recordsSeen = this.recordCount - 1;
@@ -1031,13 +1026,18 @@ export class StreamDecoder {
     return { type: 'channelPages', pageCount, data };
   }
 
-  private decodeHeader(bytes: Uint8Array, start: number): MigrationRecord {
-    if (this.bodyLength !== HEADER_BODY_BYTES) {
+  /** A record of fixed size (HEADER, END): any other body length is malformed. */
+  private requireBodyLength(name: string, expected: number): void {
+    if (this.bodyLength !== expected) {
       throw this.error(
         'STREAM_MALFORMED',
-        `HEADER body is ${this.bodyLength} bytes, expected ${HEADER_BODY_BYTES}`,
+        `${name} body is ${this.bodyLength} bytes, expected ${expected}`,
       );
     }
+  }
+
+  private decodeHeader(bytes: Uint8Array, start: number): MigrationRecord {
+    this.requireBodyLength('HEADER', HEADER_BODY_BYTES);
     const magic = readU32(bytes, start);
     if (magic !== STREAM_MAGIC) {
       throw this.error(

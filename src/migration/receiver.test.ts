@@ -254,14 +254,36 @@ function body(memory: GuestMemory, corruptPage?: number): Uint8Array {
   return stream;
 }
 
+/** A connected pair: the source end with a reader of the target's answers, the target end. */
+async function linkToTarget(): Promise<{
+  link: net.Socket;
+  target: net.Socket;
+  reader: ControlReader;
+}> {
+  const { source: link, target } = await socketPair();
+  return { link, target, reader: new ControlReader(link) };
+}
+
+/** The error `received` rejects with; `message` fails the test if it resolves instead. */
+function failureOf(received: Promise<unknown>, message: string): Promise<unknown> {
+  return received.then(
+    () => assert.fail(message),
+    (error: unknown) => error,
+  );
+}
+
+/** Sends HEADER and DOMAIN_INFO, as a source does before it waits for the reservation. */
+function sendDomainInfo(link: net.Socket): void {
+  link.write(concat([encodeHeader(), encodeDomainInfo(domainInfo())]));
+}
+
 describe('receiveMigration', () => {
   it('lands every page, activates the domain and answers with the digest of its pages', async () => {
     const source = sourceMemory([3, 11]);
-    const { source: link, target } = await socketPair();
+    const { link, target, reader } = await linkToTarget();
     const host = fakeHost();
-    const reader = new ControlReader(link);
     const received = receiveMigration(target, new Uint8Array(0), host);
-    link.write(concat([encodeHeader(), encodeDomainInfo(domainInfo())]));
+    sendDomainInfo(link);
     const reserved = await reader.next(10_000, 'reserved');
     assert.equal(reserved.type, 'reserved', 'the target reserved memory');
     link.write(body(source));
@@ -280,9 +302,8 @@ describe('receiveMigration', () => {
 
   it('lands pages that came in the same chunk as the domain info (leftover)', async () => {
     const source = sourceMemory([]);
-    const { source: link, target } = await socketPair();
+    const { link, target, reader } = await linkToTarget();
     const host = fakeHost();
-    const reader = new ControlReader(link);
     // The handshake reader may hand over the start of the stream: here all of it.
     const stream = concat([encodeHeader(), encodeDomainInfo(domainInfo()), body(source)]);
     const received = receiveMigration(target, stream, host);
@@ -295,15 +316,11 @@ describe('receiveMigration', () => {
 
   it('rejects a corrupted page with STREAM_CHECKSUM, discards the copy and tells the source', async () => {
     const source = sourceMemory([]);
-    const { source: link, target } = await socketPair();
+    const { link, target, reader } = await linkToTarget();
     const host = fakeHost();
-    const reader = new ControlReader(link);
     const received = receiveMigration(target, new Uint8Array(0), host);
-    const outcome = received.then(
-      () => assert.fail('a corrupted stream was accepted'),
-      (error: unknown) => error,
-    );
-    link.write(concat([encodeHeader(), encodeDomainInfo(domainInfo())]));
+    const outcome = failureOf(received, 'a corrupted stream was accepted');
+    sendDomainInfo(link);
     assert.equal((await reader.next(10_000, 'reserved')).type, 'reserved', 'reserved');
     link.write(body(source, 12));
     const failed = await reader.next(10_000, 'failure');
@@ -318,14 +335,13 @@ describe('receiveMigration', () => {
   });
 
   it('tells the source when the host refuses the reservation', async () => {
-    const { source: link, target } = await socketPair();
+    const { link, target, reader } = await linkToTarget();
     const host = fakeHost({ refuse: true });
-    const reader = new ControlReader(link);
-    const received = receiveMigration(target, new Uint8Array(0), host).then(
-      () => assert.fail('a refused reservation completed'),
-      (error: unknown) => error,
+    const received = failureOf(
+      receiveMigration(target, new Uint8Array(0), host),
+      'a refused reservation completed',
     );
-    link.write(concat([encodeHeader(), encodeDomainInfo(domainInfo())]));
+    sendDomainInfo(link);
     const refused = await reader.next(10_000, 'refusal');
     assert.equal(refused.type, 'refused', 'the source is told');
     assert.equal(refused.code, 'MIGRATION_REFUSED', 'with the host code');
@@ -337,12 +353,11 @@ describe('receiveMigration', () => {
 
   it('does not count a reservation slower than the stall timeout as a stalled source', async () => {
     const source = sourceMemory([]);
-    const { source: link, target } = await socketPair();
+    const { link, target, reader } = await linkToTarget();
     // The reservation takes 2.5 times the stall timeout; the source is prompt.
     const host = fakeHost({ reserveDelayMs: 2500 });
-    const reader = new ControlReader(link);
     const received = receiveMigration(target, new Uint8Array(0), host, { stallTimeoutMs: 1000 });
-    link.write(concat([encodeHeader(), encodeDomainInfo(domainInfo())]));
+    sendDomainInfo(link);
     assert.equal((await reader.next(30_000, 'reserved')).type, 'reserved', 'reserved');
     link.write(body(source));
     assert.equal((await reader.next(30_000, 'resumed')).type, 'resumed', 'resumed');
@@ -351,16 +366,13 @@ describe('receiveMigration', () => {
   });
 
   it('still times out a source that stalls after the reservation', async () => {
-    const { source: link, target } = await socketPair();
+    const { link, target, reader } = await linkToTarget();
     const host = fakeHost();
-    const reader = new ControlReader(link);
-    const received = receiveMigration(target, new Uint8Array(0), host, {
-      stallTimeoutMs: 300,
-    }).then(
-      () => assert.fail('a stalled stream completed'),
-      (error: unknown) => error,
+    const received = failureOf(
+      receiveMigration(target, new Uint8Array(0), host, { stallTimeoutMs: 300 }),
+      'a stalled stream completed',
     );
-    link.write(concat([encodeHeader(), encodeDomainInfo(domainInfo())]));
+    sendDomainInfo(link);
     assert.equal((await reader.next(10_000, 'reserved')).type, 'reserved', 'reserved');
     const error = await received; // the source sends nothing more
     assert.ok(error instanceof MigrationError, 'a MigrationError');
@@ -371,14 +383,13 @@ describe('receiveMigration', () => {
 
   it('rejects a stream cut before END with STREAM_TRUNCATED', async () => {
     const source = sourceMemory([]);
-    const { source: link, target } = await socketPair();
+    const { link, target, reader } = await linkToTarget();
     const host = fakeHost();
-    const reader = new ControlReader(link);
-    const received = receiveMigration(target, new Uint8Array(0), host).then(
-      () => assert.fail('a truncated stream completed'),
-      (error: unknown) => error,
+    const received = failureOf(
+      receiveMigration(target, new Uint8Array(0), host),
+      'a truncated stream completed',
     );
-    link.write(concat([encodeHeader(), encodeDomainInfo(domainInfo())]));
+    sendDomainInfo(link);
     assert.equal((await reader.next(10_000, 'reserved')).type, 'reserved', 'reserved');
     const stream = body(source);
     link.end(stream.subarray(0, stream.length - 4000)); // inside the second batch

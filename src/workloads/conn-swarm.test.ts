@@ -15,7 +15,6 @@ import fc from 'fast-check';
 import { InputError } from '../core/errors.ts';
 import type { Region } from '../memory/layout.ts';
 import {
-  CONN_SWARM_CONNECT_RETRY_MS,
   CONN_SWARM_STAGING_BYTES,
   type ConnSwarmConfig,
   type ConnSwarmParams,
@@ -30,6 +29,7 @@ import {
   swarmKey,
 } from './conn-swarm.ts';
 import { FakeWorld } from './fake-world.ts';
+import { CONNECT_RETRY_MS } from './socket-lifecycle.ts';
 
 const SERVER_IP = '10.0.0.1';
 const CLIENT_IP = '10.0.0.2';
@@ -253,7 +253,7 @@ describe('conn-swarm program', () => {
   it('retries connects until the server listens, and the server turns away extras', () => {
     const w = world();
     w.b.start(clientParams(3, 2000, 4000));
-    w.run(CONN_SWARM_CONNECT_RETRY_MS * 3 + 1);
+    w.run(CONNECT_RETRY_MS * 3 + 1);
     assert.equal(stats(w.b).connecting, 3, 'all three wait for a server');
     assert.equal(stats(w.b).connectTries >= 9, true, 'each tried more than once');
     w.a.start(serverParams(2, 2000, 4000));

@@ -7,7 +7,7 @@
  *
  * Method.
  * - Connecting: the client opens every connection at start; a refused or unreachable connect,
- *   or one refused for lack of a socket slot (ENOBUFS), is retried `CONN_SWARM_CONNECT_RETRY_MS`
+ *   or one refused for lack of a socket slot (ENOBUFS), is retried `CONNECT_RETRY_MS`
  *   later, up to `connectTriesMax` tries per connection (the lifecycle of
  *   socket-lifecycle.ts, per connection instead of per program). The server accepts up to
  *   `connections` and closes any beyond.
@@ -43,7 +43,12 @@ import type { GuestProgram, ProgramContext, ProgramFactory } from '../guest/prog
 import type { GuestNet, SocketEvent, SocketId } from '../guest/socket-api.ts';
 import type { Region } from '../memory/layout.ts';
 import { checkInteger, checkKnownParams, clientPeerIp } from './params.ts';
-import { RETRYABLE_CONNECT_ERRORS } from './socket-lifecycle.ts';
+import {
+  CONNECT_RETRY_MS,
+  CONNECT_TRIES_MAX_DEFAULT,
+  CONNECT_TRIES_MAX_LIMIT,
+  RETRYABLE_CONNECT_ERRORS,
+} from './socket-lifecycle.ts';
 
 /** The program kind, as registered with the guest kernel. */
 export const CONN_SWARM_KIND = 'conn-swarm';
@@ -52,12 +57,6 @@ export const CONN_SWARM_TICK_TAG = 'tick';
 /** Timer tag: retry the connects waiting for another try. */
 export const CONN_SWARM_CONNECT_TAG = 'connect';
 
-/** Pause between two connect attempts of a connection, as the streamer's. */
-export const CONN_SWARM_CONNECT_RETRY_MS = 100;
-/** Default connect attempts per connection: 10 s of retries. */
-export const CONN_SWARM_CONNECT_TRIES_MAX_DEFAULT = 100;
-/** Most connect attempts: one hour of retries; beyond that the set-up is wrong. */
-export const CONN_SWARM_CONNECT_TRIES_MAX_LIMIT = 36_000;
 /** Most connections of one program: four times what the soak puts in one domain. */
 export const CONN_SWARM_CONNECTIONS_MAX = 4096;
 /** Most bytes per direction of a connection: 1 TiB, exact in a double. */
@@ -231,9 +230,9 @@ export function resolveConnSwarmParams(
   }
   const connectTriesMax = checkInteger(
     'connectTriesMax',
-    params.connectTriesMax ?? CONN_SWARM_CONNECT_TRIES_MAX_DEFAULT,
+    params.connectTriesMax ?? CONNECT_TRIES_MAX_DEFAULT,
     1,
-    CONN_SWARM_CONNECT_TRIES_MAX_LIMIT,
+    CONNECT_TRIES_MAX_LIMIT,
   );
   const regionBytes = dataRegion.pageCount * PAGE_SIZE_BYTES;
   if (regionBytes < CONN_SWARM_STAGING_BYTES) {
@@ -538,7 +537,7 @@ class ConnSwarm implements GuestProgram<ConnSwarmState> {
       connection.phase = 'retryWait';
       if (!state.connectTimerArmed) {
         state.connectTimerArmed = true;
-        this.context.setTimer(CONN_SWARM_CONNECT_RETRY_MS, CONN_SWARM_CONNECT_TAG);
+        this.context.setTimer(CONNECT_RETRY_MS, CONN_SWARM_CONNECT_TAG);
       }
       return;
     }

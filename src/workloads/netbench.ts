@@ -50,6 +50,9 @@ import type { Region } from '../memory/layout.ts';
 import { checkInteger, IPV4 } from './params.ts';
 import {
   acceptOne,
+  CONNECT_RETRY_MS,
+  CONNECT_TRIES_MAX_DEFAULT,
+  CONNECT_TRIES_MAX_LIMIT,
   callSocket,
   failProgram,
   type LifecycleOptions,
@@ -65,12 +68,10 @@ export const NETBENCH_CONNECT_TAG = 'connect';
 /** Timer tag: continue sending (or echoing) after a full per-event budget. */
 export const NETBENCH_SEND_TAG = 'send';
 
-/** Pause between two connect attempts (the peer's domain may still be booting). */
-export const NETBENCH_CONNECT_RETRY_MS = 100;
-/** Default connect attempts: 10 s of retries. */
-export const NETBENCH_CONNECT_TRIES_MAX_DEFAULT = 100;
-/** Most connect attempts: one hour of retries; beyond that the set-up is wrong. */
-export const NETBENCH_CONNECT_TRIES_MAX_LIMIT = 36_000;
+/** Connect retries: the policy every guest program shares (socket-lifecycle). */
+export const NETBENCH_CONNECT_RETRY_MS = CONNECT_RETRY_MS;
+export const NETBENCH_CONNECT_TRIES_MAX_DEFAULT = CONNECT_TRIES_MAX_DEFAULT;
+export const NETBENCH_CONNECT_TRIES_MAX_LIMIT = CONNECT_TRIES_MAX_LIMIT;
 /** Most bytes a source may send: 1 TiB, far above any run, and exact in a double. */
 export const NETBENCH_BYTES_MAX = 2 ** 40;
 /** Largest message: 16 MiB, as the streamer's chunk; larger says nothing more about the path. */

@@ -27,6 +27,13 @@ export interface LifecycleOptions {
   retryTag: string;
 }
 
+/** Pause between two connect attempts (the peer's domain may still be booting). */
+export const CONNECT_RETRY_MS = 100;
+/** Default connect attempts: 10 s of retries, enough for a server domain to boot. */
+export const CONNECT_TRIES_MAX_DEFAULT = 100;
+/** Most connect attempts allowed: one hour of retries; beyond that the set-up is wrong. */
+export const CONNECT_TRIES_MAX_LIMIT = 36_000;
+
 /**
  * Connect errors worth another try: nobody listens yet, the peer is not reachable yet, or every
  * socket slot of our sockbuf region is still held by connections that are closing.

@@ -55,6 +55,9 @@ import type { Region } from '../memory/layout.ts';
 import { checkInteger, checkKnownParams, clientPeerIp } from './params.ts';
 import {
   acceptOne,
+  CONNECT_RETRY_MS,
+  CONNECT_TRIES_MAX_DEFAULT,
+  CONNECT_TRIES_MAX_LIMIT,
   callSocket,
   type LifecycleOptions,
   onSocketClosed,
@@ -95,12 +98,8 @@ export const STREAMER_CONNECT_TAG = 'connect';
 /** Timer tag: continue sending after a full per-event budget (see `SEND_BYTES_PER_EVENT_MAX`). */
 export const STREAMER_SEND_TAG = 'send';
 
-/** Pause between two connect attempts of the client. */
-export const CONNECT_RETRY_MS = 100;
-/** Default connect attempts: 10 s of retries, enough for a server domain to boot. */
-export const CONNECT_TRIES_MAX_DEFAULT = 100;
-/** Most connect attempts allowed: one hour of retries; beyond that the set-up is wrong. */
-export const CONNECT_TRIES_MAX_LIMIT = 36_000;
+/** The client's connect retries: the policy every guest program shares (socket-lifecycle). */
+export { CONNECT_RETRY_MS, CONNECT_TRIES_MAX_DEFAULT, CONNECT_TRIES_MAX_LIMIT };
 /** Default chunk: 64 KiB, a common application write size (and 16 pages of staging). */
 export const CHUNK_BYTES_DEFAULT = 64 * 1024;
 /** Largest chunk: generating 16 MiB takes about 15 ms, the most one event should spend on it. */
